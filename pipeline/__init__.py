@@ -1,0 +1,1 @@
+"""actsearch: one-shot search for activation functions, and their evaluation by retraining."""

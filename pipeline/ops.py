@@ -1,0 +1,194 @@
+"""Registry of the unary and binary operators an activation function is built from.
+
+Every operator has a numerically safe PyTorch implementation, a sympy form for formulas and whether it carries a
+trainable parameter beta (with its initial value). Domain guards, all explicit:
+- sqrt and log: `sqrt(max(x, 0) + eps) - sqrt(eps)` and `log(|x| + eps)`, so negatives and 0 give finite values
+  and gradients; their sympy forms are `sqrt(max(x, 0))` and `log(|x|)`.
+- division: the denominator is pushed away from 0 to +-eps, and the quotient is clipped to +-BOUND.
+- overflow: exp, sinh, cosh, x^2, x^3 and the product clip their *input* so that the output stays within +-BOUND
+  (GRAFS, 2024: unbounded operators make one-shot search diverge); the gradient is 0 beyond the clip.
+With these guards every operator's output and gradient are finite for inputs in [-1e4, 1e4] (tested).
+The sympy forms describe the function inside the bounds, which is where BatchNorm keeps the inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+BOUND = 20.0  # largest magnitude an overflow-prone operator may output
+EPS = 1e-4  # distance kept from the singular points of sqrt, log and division
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator. `fn(*inputs, beta)` computes it; `sym(*inputs, beta)` gives its sympy form."""
+
+    name: str
+    arity: int
+    fn: Callable[..., Tensor]
+    sym: Callable[..., sympy.Expr]
+    beta_init: Optional[float] = None  # None: the operator has no trainable parameter
+    text: str = ""  # how the operator reads in docs, e.g. "beta*x"
+
+    @property
+    def has_beta(self) -> bool:
+        return self.beta_init is not None
+
+
+def _clip_input(x: Tensor, limit: float) -> Tensor:
+    return x.clamp(-limit, limit)
+
+
+def _safe_sqrt(x: Tensor, beta=None) -> Tensor:
+    return torch.sqrt(x.clamp(min=0) + EPS) - math.sqrt(EPS)
+
+
+def _safe_div(x1: Tensor, x2: Tensor, beta=None) -> Tensor:
+    # Push |x2| to at least EPS keeping its sign (0 counts as positive): no division by ~0.
+    sign = torch.where(x2 < 0, -1.0, 1.0).to(x2.dtype)
+    denominator = sign * x2.abs().clamp(min=EPS)
+    return (x1 / denominator).clamp(-BOUND, BOUND)
+
+
+def _sinc(x: Tensor, beta=None) -> Tensor:
+    return torch.sinc(x / math.pi)  # torch.sinc is the normalized sin(pi x)/(pi x)
+
+
+def _beta_like(x: Tensor, beta: Tensor) -> Tensor:
+    return beta * torch.ones_like(x)
+
+
+_X_EXP = math.log(BOUND)
+_X_SQUARE = math.sqrt(BOUND)
+_X_CUBE = BOUND ** (1 / 3)
+_X_HYP = math.asinh(BOUND)  # sinh and cosh reach BOUND here (cosh slightly above, fine)
+
+x_, x1_, x2_, beta_ = sympy.symbols("x x1 x2 beta", real=True)
+
+UNARY: dict[str, Op] = {}
+BINARY: dict[str, Op] = {}
+
+
+def _unary(name, fn, sym, text, beta_init=None):
+    UNARY[name] = Op(name, 1, fn, sym, beta_init, text)
+
+
+def _binary(name, fn, sym, text, beta_init=None):
+    BINARY[name] = Op(name, 2, fn, sym, beta_init, text)
+
+
+# fmt: off
+_unary("identity", lambda x, b=None: x, lambda x, b: x, "x")
+_unary("neg", lambda x, b=None: -x, lambda x, b: -x, "-x")
+_unary("abs", lambda x, b=None: x.abs(), lambda x, b: sympy.Abs(x), "|x|")
+_unary("square", lambda x, b=None: _clip_input(x, _X_SQUARE) ** 2, lambda x, b: x ** 2, "x^2")
+_unary("cube", lambda x, b=None: _clip_input(x, _X_CUBE) ** 3, lambda x, b: x ** 3, "x^3")
+_unary("sqrt", _safe_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, 0)), "sqrt(max(x,0))")
+_unary("scale", lambda x, b: b * x, lambda x, b: b * x, "beta*x", beta_init=1.0)
+_unary("shift", lambda x, b: x + b, lambda x, b: x + b, "x+beta", beta_init=0.0)
+_unary("log", lambda x, b=None: torch.log(x.abs() + EPS), lambda x, b: sympy.log(sympy.Abs(x)), "log(|x|)")
+_unary("exp", lambda x, b=None: torch.exp(x.clamp(max=_X_EXP)), lambda x, b: sympy.exp(x), "exp(x)")
+_unary("sin", lambda x, b=None: torch.sin(x), lambda x, b: sympy.sin(x), "sin(x)")
+_unary("cos", lambda x, b=None: torch.cos(x), lambda x, b: sympy.cos(x), "cos(x)")
+_unary("sinh", lambda x, b=None: torch.sinh(_clip_input(x, _X_HYP)), lambda x, b: sympy.sinh(x), "sinh(x)")
+_unary("cosh", lambda x, b=None: torch.cosh(_clip_input(x, _X_HYP)), lambda x, b: sympy.cosh(x), "cosh(x)")
+_unary("tanh", lambda x, b=None: torch.tanh(x), lambda x, b: sympy.tanh(x), "tanh(x)")
+_unary("asinh", lambda x, b=None: torch.asinh(x), lambda x, b: sympy.asinh(x), "asinh(x)")
+_unary("atan", lambda x, b=None: torch.atan(x), lambda x, b: sympy.atan(x), "atan(x)")
+_unary("sinc", _sinc, lambda x, b: sympy.sinc(x), "sin(x)/x")
+_unary("relu", lambda x, b=None: F.relu(x), lambda x, b: sympy.Max(x, 0), "max(x,0)")
+_unary("min0", lambda x, b=None: -F.relu(-x), lambda x, b: sympy.Min(x, 0), "min(x,0)")
+_unary("sigmoid", lambda x, b=None: torch.sigmoid(x), lambda x, b: 1 / (1 + sympy.exp(-x)), "sigmoid(x)")
+_unary("softplus", lambda x, b=None: F.softplus(x), lambda x, b: sympy.log(1 + sympy.exp(x)), "log(1+exp(x))")
+_unary("gauss", lambda x, b=None: torch.exp(-x * x), lambda x, b: sympy.exp(-x ** 2), "exp(-x^2)")
+_unary("erf", lambda x, b=None: torch.erf(x), lambda x, b: sympy.erf(x), "erf(x)")
+_unary("const", _beta_like, lambda x, b: b, "beta", beta_init=0.0)
+_unary("zero", lambda x, b=None: torch.zeros_like(x), lambda x, b: sympy.Integer(0), "0")
+_unary("sign", lambda x, b=None: torch.sign(x), lambda x, b: sympy.sign(x), "sign(x)")
+_unary("silu", lambda x, b=None: F.silu(x), lambda x, b: x / (1 + sympy.exp(-x)), "x*sigmoid(x)")
+_unary("gelu", lambda x, b=None: F.gelu(x), lambda x, b: x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2, "gelu(x)")
+_unary("elu", lambda x, b=None: F.elu(x),
+       lambda x, b: sympy.Piecewise((x, x > 0), (sympy.exp(x) - 1, True)), "elu(x)")
+_unary("leaky_relu", lambda x, b=None: F.leaky_relu(x, 0.01),
+       lambda x, b: sympy.Max(x, sympy.Rational(1, 100) * x), "max(x,0.01x)")
+
+_binary("add", lambda a, c, b=None: a + c, lambda a, c, b: a + c, "x1+x2")
+_binary("mul", lambda a, c, b=None: (a * c).clamp(-BOUND, BOUND), lambda a, c, b: a * c, "x1*x2")
+_binary("sub", lambda a, c, b=None: a - c, lambda a, c, b: a - c, "x1-x2")
+_binary("div", _safe_div, lambda a, c, b: a / c, "x1/(x2+eps)")
+_binary("max", lambda a, c, b=None: torch.maximum(a, c), lambda a, c, b: sympy.Max(a, c), "max(x1,x2)")
+_binary("min", lambda a, c, b=None: torch.minimum(a, c), lambda a, c, b: sympy.Min(a, c), "min(x1,x2)")
+_binary("sigmul", lambda a, c, b=None: torch.sigmoid(a) * c, lambda a, c, b: c / (1 + sympy.exp(-a)),
+        "sigmoid(x1)*x2")
+_binary("gauss_sq", lambda a, c, b: torch.exp((-b * (a - c) ** 2).clamp(max=_X_EXP)),
+        lambda a, c, b: sympy.exp(-b * (a - c) ** 2), "exp(-beta*(x1-x2)^2)", beta_init=1.0)
+_binary("gauss_abs", lambda a, c, b: torch.exp((-b * (a - c).abs()).clamp(max=_X_EXP)),
+        lambda a, c, b: sympy.exp(-b * sympy.Abs(a - c)), "exp(-beta*|x1-x2|)", beta_init=1.0)
+_binary("interp", lambda a, c, b: b * a + (1 - b) * c, lambda a, c, b: b * a + (1 - b) * c,
+        "beta*x1+(1-beta)*x2", beta_init=0.5)
+_binary("left", lambda a, c, b=None: a, lambda a, c, b: a, "x1")
+_binary("right", lambda a, c, b=None: c, lambda a, c, b: c, "x2")
+# fmt: on
+
+# Named operator sets: (unary names, binary names).
+OP_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # The original study's restricted set (jr2021/DARTS_activations): 18 unary, 7 binary.
+    "poster": (
+        ("identity", "zero", "sqrt", "sin", "cos", "abs", "sign", "scale", "shift", "log", "tanh", "asinh",
+         "atan", "sinc", "relu", "min0", "sigmoid", "const"),
+        ("add", "sub", "mul", "max", "min", "sigmul", "interp"),
+    ),
+    # Ramachandran et al. (2017), Searching for Activation Functions: 25 unary, 10 binary.
+    "ramachandran": (
+        ("identity", "neg", "abs", "square", "cube", "sqrt", "scale", "shift", "log", "exp", "sin", "cos",
+         "sinh", "cosh", "tanh", "asinh", "atan", "sinc", "relu", "min0", "sigmoid", "softplus", "gauss", "erf",
+         "const"),
+        ("add", "mul", "sub", "div", "max", "min", "sigmul", "gauss_sq", "gauss_abs", "interp"),
+    ),
+    # GRAFS (2024): bounded operators plus modern activations: 23 unary, 9 binary.
+    "grafs": (
+        ("identity", "neg", "abs", "square", "cube", "sqrt", "shift", "scale", "const", "exp", "sinh", "tanh",
+         "asinh", "atan", "relu", "min0", "sigmoid", "softplus", "erf", "silu", "gelu", "elu", "leaky_relu"),
+        ("add", "sub", "mul", "max", "min", "sigmul", "interp", "left", "right"),
+    ),
+}
+
+
+def resolve_op_set(spec: str | dict | Sequence) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Turn an op-set spec into (unary names, binary names).
+
+    A spec is a set name (`poster`, `ramachandran`, `grafs`) or `{"unary": [...], "binary": [...]}`.
+    """
+    if isinstance(spec, str):
+        if spec not in OP_SETS:
+            raise ValueError(f"unknown operator set {spec!r}; choose one of {sorted(OP_SETS)} "
+                             "or give {'unary': [...], 'binary': [...]}")
+        return OP_SETS[spec]
+    if isinstance(spec, dict) and set(spec) == {"unary", "binary"}:
+        unary, binary = tuple(spec["unary"]), tuple(spec["binary"])
+        for names, registry, kind in ((unary, UNARY, "unary"), (binary, BINARY, "binary")):
+            if not names:
+                raise ValueError(f"the {kind} operator list is empty; name at least one of {sorted(registry)}")
+            unknown = [n for n in names if n not in registry]
+            if unknown:
+                raise ValueError(f"unknown {kind} operator(s) {unknown}; allowed: {sorted(registry)}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"the {kind} operator list {list(names)} repeats a name")
+        return unary, binary
+    raise ValueError(f"an operator set is a name {sorted(OP_SETS)} or a mapping with keys 'unary' and 'binary', "
+                     f"got {spec!r}")
+
+
+def get_op(name: str) -> Op:
+    if name in UNARY:
+        return UNARY[name]
+    if name in BINARY:
+        return BINARY[name]
+    raise KeyError(f"unknown operator {name!r}; unary: {sorted(UNARY)}; binary: {sorted(BINARY)}")
