@@ -71,6 +71,8 @@ _X_CUBE = BOUND ** (1 / 3)
 _X_HYP = math.asinh(BOUND)  # sinh and cosh reach BOUND here (cosh slightly above, fine)
 
 x_, x1_, x2_, beta_ = sympy.symbols("x x1 x2 beta", real=True)
+# Kept as a named function so formulas read x*sigmoid(x), not x*exp(x)/(exp(x) + 1).
+sigmoid_ = sympy.Function("sigmoid")
 
 UNARY: dict[str, Op] = {}
 BINARY: dict[str, Op] = {}
@@ -105,14 +107,14 @@ _unary("atan", lambda x, b=None: torch.atan(x), lambda x, b: sympy.atan(x), "ata
 _unary("sinc", _sinc, lambda x, b: sympy.sinc(x), "sin(x)/x")
 _unary("relu", lambda x, b=None: F.relu(x), lambda x, b: sympy.Max(x, 0), "max(x,0)")
 _unary("min0", lambda x, b=None: -F.relu(-x), lambda x, b: sympy.Min(x, 0), "min(x,0)")
-_unary("sigmoid", lambda x, b=None: torch.sigmoid(x), lambda x, b: 1 / (1 + sympy.exp(-x)), "sigmoid(x)")
+_unary("sigmoid", lambda x, b=None: torch.sigmoid(x), lambda x, b: sigmoid_(x), "sigmoid(x)")
 _unary("softplus", lambda x, b=None: F.softplus(x), lambda x, b: sympy.log(1 + sympy.exp(x)), "log(1+exp(x))")
 _unary("gauss", lambda x, b=None: torch.exp(-x * x), lambda x, b: sympy.exp(-x ** 2), "exp(-x^2)")
 _unary("erf", lambda x, b=None: torch.erf(x), lambda x, b: sympy.erf(x), "erf(x)")
 _unary("const", _beta_like, lambda x, b: b, "beta", beta_init=0.0)
 _unary("zero", lambda x, b=None: torch.zeros_like(x), lambda x, b: sympy.Integer(0), "0")
 _unary("sign", lambda x, b=None: torch.sign(x), lambda x, b: sympy.sign(x), "sign(x)")
-_unary("silu", lambda x, b=None: F.silu(x), lambda x, b: x / (1 + sympy.exp(-x)), "x*sigmoid(x)")
+_unary("silu", lambda x, b=None: F.silu(x), lambda x, b: x * sigmoid_(x), "x*sigmoid(x)")
 _unary("gelu", lambda x, b=None: F.gelu(x), lambda x, b: x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2, "gelu(x)")
 _unary("elu", lambda x, b=None: F.elu(x),
        lambda x, b: sympy.Piecewise((x, x > 0), (sympy.exp(x) - 1, True)), "elu(x)")
@@ -125,7 +127,7 @@ _binary("sub", lambda a, c, b=None: a - c, lambda a, c, b: a - c, "x1-x2")
 _binary("div", _safe_div, lambda a, c, b: a / c, "x1/(x2+eps)")
 _binary("max", lambda a, c, b=None: torch.maximum(a, c), lambda a, c, b: sympy.Max(a, c), "max(x1,x2)")
 _binary("min", lambda a, c, b=None: torch.minimum(a, c), lambda a, c, b: sympy.Min(a, c), "min(x1,x2)")
-_binary("sigmul", lambda a, c, b=None: torch.sigmoid(a) * c, lambda a, c, b: c / (1 + sympy.exp(-a)),
+_binary("sigmul", lambda a, c, b=None: torch.sigmoid(a) * c, lambda a, c, b: sigmoid_(a) * c,
         "sigmoid(x1)*x2")
 _binary("gauss_sq", lambda a, c, b: torch.exp((-b * (a - c) ** 2).clamp(max=_X_EXP)),
         lambda a, c, b: sympy.exp(-b * (a - c) ** 2), "exp(-beta*(x1-x2)^2)", beta_init=1.0)

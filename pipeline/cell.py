@@ -1,0 +1,165 @@
+"""The searchable activation cell and the supernet: a CIFAR ResNet whose every activation is a mixed cell.
+
+One `SearchCell` holds the alphas of the network (shared by every activation site: the search finds one function
+per network) and, in `scalar` beta mode, the betas too. Each site is a `MixedActivation`; in `channel` beta mode
+it owns per-channel betas. Operator weights come from outside, from a `Relaxation`: the supernet computes them
+once per forward pass (or each site draws its own sample, DrNAS's per-site option).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+from pipeline.genotype import SPACES, Genotype, beta_shape, edges_of, run_cell
+from pipeline.models import build_resnet
+from pipeline.ops import BINARY, UNARY, resolve_op_set
+from pipeline.relax import Relaxation
+
+
+def _beta_key(edge: str, op: str) -> str:
+    return f"{edge}__{op}"
+
+
+class SearchCell(nn.Module):
+    """Alphas (one vector per edge) and shared scalar betas; no forward of its own."""
+
+    def __init__(self, space: str, op_set, relaxation: Relaxation, beta_mode: str = "scalar",
+                 per_site_sample: bool = False, alpha_init_std: float = 1e-3):
+        super().__init__()
+        unary, binary = resolve_op_set(op_set)
+        self.space, self.beta_mode, self.relaxation = space, beta_mode, relaxation
+        self.per_site_sample = per_site_sample
+        self.candidates = {edge: (unary if arity == 1 else binary) for edge, arity in SPACES[space]}
+        self.registry = {edge: (UNARY if arity == 1 else BINARY) for edge, arity in SPACES[space]}
+        self.alphas = nn.ParameterDict({
+            edge: nn.Parameter(alpha_init_std * torch.randn(len(names))) for edge, names in self.candidates.items()
+        })
+        beta_shape(beta_mode, 1)  # validates the mode
+        self.betas = self.make_betas(channels=1) if beta_mode == "scalar" else nn.ParameterDict()
+        self._weights: Optional[dict[str, torch.Tensor]] = None
+
+    def make_betas(self, channels: int) -> nn.ParameterDict:
+        return nn.ParameterDict({
+            _beta_key(edge, name): nn.Parameter(torch.full(beta_shape(self.beta_mode, channels),
+                                                           self.registry[edge][name].beta_init))
+            for edge, names in self.candidates.items() for name in names if self.registry[edge][name].has_beta
+        })
+
+    def alpha_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.alphas.items())
+
+    @contextlib.contextmanager
+    def forward_pass(self):
+        """Operator weights for one network forward pass: one sample shared by every site, unless per-site."""
+        self._weights = None if self.per_site_sample else self.relaxation.weights(self.alpha_dict())
+        try:
+            yield
+        finally:
+            self._weights = None
+
+    def edge_weights(self) -> dict[str, torch.Tensor]:
+        if self._weights is not None:
+            return self._weights
+        return self.relaxation.weights(self.alpha_dict())
+
+    def expected_weights(self) -> dict[str, torch.Tensor]:
+        return self.relaxation.expected(self.alpha_dict())
+
+
+class MixedActivation(nn.Module):
+    """One activation site: every edge is a weighted sum of its candidate operators."""
+
+    def __init__(self, cell: SearchCell, channels: int):
+        super().__init__()
+        # A plain reference, not a submodule: the shared cell must appear once in the state dict, not per site.
+        self.__dict__["cell"] = cell
+        self.site_betas = cell.make_betas(channels) if cell.beta_mode == "channel" else nn.ParameterDict()
+
+    def beta(self, edge: str, op: str) -> Optional[torch.Tensor]:
+        key = _beta_key(edge, op)
+        betas = self.site_betas if self.cell.beta_mode == "channel" else self.cell.betas
+        return betas[key] if key in betas else None
+
+    def _mixed_edge(self, weights, edge, *inputs):
+        names, registry, w = self.cell.candidates[edge], self.cell.registry[edge], weights[edge]
+        if self.cell.relaxation.hard:  # GDAS: compute only the sampled operator
+            k = self.cell.relaxation.index[edge]
+            return w[k] * registry[names[k]].fn(*inputs, self.beta(edge, names[k]))
+        out = 0.0
+        for k, name in enumerate(names):
+            out = out + w[k] * registry[name].fn(*inputs, self.beta(edge, name))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.cell.edge_weights()
+        return run_cell(self.cell.space, x, lambda edge, *inputs: self._mixed_edge(weights, edge, *inputs))
+
+
+class Supernet(nn.Module):
+    """A CIFAR ResNet whose activations are mixed cells sharing one set of alphas."""
+
+    def __init__(self, network: str, space: str, op_set, relaxation: Relaxation, beta_mode: str = "scalar",
+                 per_site_sample: bool = False):
+        super().__init__()
+        self.network_name = network
+        self.cell = SearchCell(space, op_set, relaxation, beta_mode, per_site_sample)
+        self.net = build_resnet(network, lambda channels: MixedActivation(self.cell, channels))
+
+    @property
+    def relaxation(self) -> Relaxation:
+        return self.cell.relaxation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.cell.forward_pass():
+            return self.net(x)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.cell.alphas.values())
+
+    def beta_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if "betas." in name]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Network weights: everything but alphas and betas."""
+        special = {id(p) for p in self.arch_parameters() + self.beta_parameters()}
+        return [p for p in self.parameters() if id(p) not in special]
+
+    def sites(self) -> list[MixedActivation]:
+        return [m for m in self.net.modules() if isinstance(m, MixedActivation)]
+
+    def learned_betas(self) -> dict[str, float]:
+        """Every candidate's beta, averaged over channels and sites (the per-channel mode's summary)."""
+        if self.cell.beta_mode == "scalar":
+            return {k: float(v.detach().mean()) for k, v in self.cell.betas.items()}
+        sums: dict[str, list[float]] = {}
+        for site in self.sites():
+            for k, v in site.site_betas.items():
+                sums.setdefault(k, []).append(float(v.detach().mean()))
+        return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    def genotype(self) -> Genotype:
+        """Discretize: the operator with the largest expected weight on every edge, with its learned beta."""
+        expected, betas = self.cell.expected_weights(), self.learned_betas()
+        ops, chosen_betas = [], []
+        for edge in edges_of(self.cell.space):
+            name = self.cell.candidates[edge][int(torch.argmax(expected[edge]))]
+            ops.append(name)
+            chosen_betas.append(betas.get(_beta_key(edge, name)) if self.cell.registry[edge][name].has_beta else None)
+        return Genotype(self.cell.space, tuple(ops), tuple(chosen_betas))
+
+    def operator_weights(self) -> dict[str, dict[str, float]]:
+        expected = self.cell.expected_weights()
+        return {edge: {name: float(w) for name, w in zip(self.cell.candidates[edge], expected[edge])}
+                for edge in edges_of(self.cell.space)}
+
+
+def discretized_network(supernet: Supernet, genotype: Genotype, train_betas: bool = True) -> nn.Module:
+    """The supernet's network with the genotype's fixed activation, keeping the supernet's network weights."""
+    net = build_resnet(supernet.network_name, genotype.factory(supernet.cell.beta_mode, train_betas))
+    weights = {k: v for k, v in supernet.net.state_dict().items() if ".site_betas." not in k}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    assert not unexpected and all(".beta." in k for k in missing), (missing, unexpected)
+    return net.to(next(supernet.parameters()).device)

@@ -1,0 +1,184 @@
+"""The genotype: one concrete activation function, as a small immutable value.
+
+Spaces (edges in evaluation order):
+- simple:  b1(u1(x), u2(x))
+- complex: b2(u3(b1(u1(x), u2(x))), u4(x))
+A genotype names the operator on every edge and the learned beta of each operator that has one. It saves to and
+loads from JSON, prints its formula (simplified with sympy) and builds a fixed `nn.Module` activation.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import sympy
+import torch
+from torch import nn
+
+from pipeline.ops import BINARY, UNARY, Op, get_op, x_
+
+SPACES: dict[str, tuple[tuple[str, int], ...]] = {
+    "simple": (("u1", 1), ("u2", 1), ("b1", 2)),
+    "complex": (("u1", 1), ("u2", 1), ("b1", 2), ("u3", 1), ("u4", 1), ("b2", 2)),
+}
+BETA_MODES = ("scalar", "channel")
+
+
+def edges_of(space: str) -> tuple[str, ...]:
+    if space not in SPACES:
+        raise ValueError(f"unknown search space {space!r}; choose one of {sorted(SPACES)}")
+    return tuple(edge for edge, _ in SPACES[space])
+
+
+def run_cell(space: str, x, apply_edge: Callable):
+    """Walk the cell graph once. `apply_edge(edge, *inputs)` computes one edge; it works on tensors (forward
+    passes) and on sympy expressions (formulas) alike, so the graph is written down in exactly one place."""
+    u1, u2 = apply_edge("u1", x), apply_edge("u2", x)
+    b1 = apply_edge("b1", u1, u2)
+    if space == "simple":
+        return b1
+    return apply_edge("b2", apply_edge("u3", b1), apply_edge("u4", x))
+
+
+def _round_floats(expr: sympy.Expr, digits: int = 4) -> sympy.Expr:
+    """Learned betas to `digits` significant digits; whole numbers become integers (1.0*x reads x)."""
+
+    def rounded(value: float) -> sympy.Expr:
+        value = float(f"{value:.{digits}g}")
+        return sympy.Integer(int(value)) if value.is_integer() else sympy.Float(value, digits)
+
+    return expr.xreplace({n: rounded(float(n)) for n in expr.atoms(sympy.Float)})
+
+
+def to_text(expr: sympy.Expr) -> str:
+    """Plain-text formula: sympy's printer with lower-case max/min, as users write them."""
+    return re.sub(r"\b(Max|Min|Abs)\(", lambda m: m.group(1).lower() + "(", sympy.sstr(expr))
+
+
+@dataclass(frozen=True)
+class Genotype:
+    space: str
+    ops: tuple[str, ...]  # one operator per edge, in `edges_of(space)` order
+    betas: tuple[Optional[float], ...]  # the chosen operator's beta per edge; None where it has none
+
+    def __post_init__(self):
+        edges = edges_of(self.space)
+        object.__setattr__(self, "ops", tuple(self.ops))
+        betas = tuple(self.betas) if self.betas else tuple(None for _ in edges)
+        object.__setattr__(self, "betas", betas)
+        if len(self.ops) != len(edges) or len(self.betas) != len(edges):
+            raise ValueError(f"a {self.space} genotype has {len(edges)} edges {edges}, got ops={self.ops} "
+                             f"betas={self.betas}")
+        for (edge, arity), name, beta in zip(SPACES[self.space], self.ops, self.betas):
+            registry = UNARY if arity == 1 else BINARY
+            if name not in registry:
+                kind = "unary" if arity == 1 else "binary"
+                raise ValueError(f"edge {edge} needs a {kind} operator, got {name!r}; allowed: {sorted(registry)}")
+            if registry[name].has_beta and beta is None:
+                raise ValueError(f"edge {edge}: operator {name!r} needs a beta value")
+
+    @classmethod
+    def with_default_betas(cls, space: str, ops: tuple[str, ...]) -> "Genotype":
+        return cls(space, tuple(ops), tuple(get_op(n).beta_init for n in ops))
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        return edges_of(self.space)
+
+    def edge_op(self, edge: str) -> tuple[Op, Optional[float]]:
+        i = self.edges.index(edge)
+        return get_op(self.ops[i]), self.betas[i]
+
+    # --- serialization -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"space": self.space, "ops": dict(zip(self.edges, self.ops)),
+                "betas": {e: b for e, b in zip(self.edges, self.betas) if b is not None}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Genotype":
+        try:
+            space = data["space"]
+            edges = edges_of(space)
+            ops = tuple(data["ops"][e] for e in edges)
+            betas = tuple(data.get("betas", {}).get(e) for e in edges)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a genotype (needs 'space', 'ops' per edge, 'betas'): {data!r} ({err})") from err
+        return cls(space, ops, tuple(None if b is None else float(b) for b in betas))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Genotype":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"cannot read genotype file {path}: {err}") from err
+
+    # --- formulas -----------------------------------------------------------------------------------------
+    def expr(self, symbolic_betas: bool = False) -> sympy.Expr:
+        """The function as a sympy expression in x (betas as numbers, or as symbols beta_<edge>)."""
+
+        def apply(edge, *inputs):
+            op, beta = self.edge_op(edge)
+            b = sympy.Symbol(f"beta_{edge}", real=True) if symbolic_betas else sympy.Float(beta or 0.0)
+            return op.sym(*inputs, b)
+
+        return run_cell(self.space, x_, apply)
+
+    def simplified(self) -> sympy.Expr:
+        return _round_floats(sympy.simplify(_round_floats(self.expr(), 12)))
+
+    def formula(self) -> str:
+        return to_text(self.simplified())
+
+    def latex(self) -> str:
+        return sympy.latex(self.simplified())
+
+    def __str__(self) -> str:
+        return f"{self.space}({', '.join(f'{e}={o}' for e, o in zip(self.edges, self.ops))})"
+
+    # --- modules ------------------------------------------------------------------------------------------
+    def build(self, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True) -> nn.Module:
+        return GenotypeActivation(self, channels, beta_mode, train_betas)
+
+    def factory(self, beta_mode: str = "scalar", train_betas: bool = True):
+        """An activation factory for `pipeline.models.build_resnet`."""
+        return lambda channels: self.build(channels, beta_mode, train_betas)
+
+
+def beta_shape(beta_mode: str, channels: int) -> tuple[int, ...]:
+    if beta_mode not in BETA_MODES:
+        raise ValueError(f"unknown beta mode {beta_mode!r}; choose one of {BETA_MODES}")
+    return () if beta_mode == "scalar" else (channels, 1, 1)
+
+
+class GenotypeActivation(nn.Module):
+    """A fixed activation function: the genotype's operators, its betas as (optionally trainable) parameters."""
+
+    def __init__(self, genotype: Genotype, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True):
+        super().__init__()
+        self.genotype = genotype
+        self.ops = {edge: get_op(name) for edge, name in zip(genotype.edges, genotype.ops)}
+        self.beta = nn.ParameterDict({
+            edge: nn.Parameter(torch.full(beta_shape(beta_mode, channels), float(beta)), requires_grad=train_betas)
+            for edge, beta in zip(genotype.edges, genotype.betas) if beta is not None
+        })
+
+    def _apply_edge(self, edge, *inputs):
+        return self.ops[edge].fn(*inputs, self.beta[edge] if edge in self.beta else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_cell(self.genotype.space, x, self._apply_edge)
+
+    def extra_repr(self) -> str:
+        return str(self.genotype)
+
+
+# Baselines are genotypes too, so every activation goes through one evaluation path.
+RELU = Genotype("simple", ("relu", "zero", "left"), (None, None, None))
+SWISH = Genotype("simple", ("identity", "identity", "sigmul"), (None, None, None))
+BASELINES = {"relu": RELU, "swish": SWISH}

@@ -1,0 +1,108 @@
+"""PNG figures for the analysis and report stages: activation shapes, training curves, weight trajectories.
+
+Figures are drawn on matplotlib's object API (`Figure` + Agg canvas), never through pyplot, so no display, no
+global backend switch and no figure left open between calls.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _png_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plots are written as PNG: give a path ending in .png, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _finite_or_nan(values: torch.Tensor) -> list[float]:
+    """Non-finite points (overflow) become gaps in the line instead of wrecking the axis limits."""
+    values = values.detach().to("cpu", torch.float64)
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, math.nan)).tolist()
+
+
+def values_and_derivative(f: Activation, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x) and df/dx on a 1-D float64 grid; by autograd, or by central differences when f is opaque to it."""
+    x = x.detach().clone().requires_grad_(True)
+    y = torch.broadcast_to(torch.as_tensor(f(x)).to(torch.float64), x.shape)
+    if y.requires_grad:
+        (derivative,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+        if derivative is not None:
+            return y.detach(), derivative
+    # no graph back to x: a constant, or a function computed outside autograd (numpy, .item(), ...)
+    return y.detach(), torch.gradient(y.detach(), spacing=(x.detach(),))[0]
+
+
+def plot_activations(functions: Mapping[str, Activation], path: str | Path,
+                     x_range: tuple[float, float] = (-5.0, 5.0), points: int = 801) -> Path:
+    """Two panels, the functions and their derivatives, one line per named function; returns the PNG path.
+
+    Pass the searched function(s) together with references (e.g. {"searched": f, "ReLU": torch.relu,
+    "Swish": F.silu}) to show them side by side. Each function gets a 1-D float64 tensor.
+    """
+    if not functions:
+        raise ValueError("plot_activations needs at least one function, e.g. {'ReLU': torch.relu}")
+    low, high = map(float, x_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"x_range must be two finite numbers (low, high) with low < high, got {x_range}")
+    path = _png_path(path)
+    x = torch.linspace(low, high, points, dtype=torch.float64)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    value_axes, slope_axes = figure.subplots(1, 2)
+    for name, f in functions.items():
+        values, derivative = values_and_derivative(f, x)
+        value_axes.plot(x.tolist(), _finite_or_nan(values), label=name)
+        slope_axes.plot(x.tolist(), _finite_or_nan(derivative), label=name)
+    for axes, title in ((value_axes, "f(x)"), (slope_axes, "f'(x)")):
+        axes.set_title(title)
+        axes.set_xlabel("x")
+        axes.axhline(0.0, color="0.7", linewidth=0.8)
+        axes.axvline(0.0, color="0.7", linewidth=0.8)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    return _save(figure, path)
+
+
+def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str,
+               x_values: Sequence[float] | None = None) -> Path:
+    """One line per named series (training curves, operator-weight trajectories); returns the PNG path.
+
+    Series are plotted against their index (0, 1, ...) unless `x_values` (shared by all series) is given.
+    """
+    if not series:
+        raise ValueError("plot_lines needs at least one series, e.g. {'train loss': [2.3, 1.9, 1.5]}")
+    empty = [name for name, values in series.items() if len(values) == 0]
+    if empty:
+        raise ValueError(f"series {empty} have no values; drop them or record at least one point")
+    if x_values is not None and any(len(values) != len(x_values) for values in series.values()):
+        raise ValueError(f"every series needs len(x_values) = {len(x_values)} values, got "
+                         f"{ {name: len(values) for name, values in series.items()} }")
+    path = _png_path(path)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for name, values in series.items():
+        ys = _finite_or_nan(torch.as_tensor(list(values), dtype=torch.float64))
+        xs = list(x_values) if x_values is not None else list(range(len(ys)))
+        axes.plot(xs, ys, label=name, marker="o" if len(ys) == 1 else None)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    if len(series) <= 20:  # more labels than that only hide the lines
+        axes.legend(fontsize="small")
+    return _save(figure, path)
