@@ -2,8 +2,8 @@
 
 Every operator has a numerically safe PyTorch implementation, a sympy form for formulas and whether it carries a
 trainable parameter beta (with its initial value). Domain guards, all explicit:
-- sqrt and log: `sqrt(max(x, 0) + eps) - sqrt(eps)` and `log(|x| + eps)`, so negatives and 0 give finite values
-  and gradients; their sympy forms are `sqrt(max(x, 0))` and `log(|x|)`.
+- sqrt and log: `sqrt(max(x, 0))` (a linear ramp on [0, eps]) and `log(max(|x|, eps))`, exact away from 0, so
+  negatives and 0 give finite values and gradients; their sympy forms are `sqrt(max(x, 0))` and `log(|x|)`.
 - division: the denominator is pushed away from 0 to +-eps, and the quotient is clipped to +-BOUND.
 - overflow: exp, sinh, cosh, x^2, x^3 and the product clip their *input* so that the output stays within +-BOUND
   (GRAFS, 2024: unbounded operators make one-shot search diverge); the gradient is 0 beyond the clip.
@@ -47,7 +47,13 @@ def _clip_input(x: Tensor, limit: float) -> Tensor:
 
 
 def _safe_sqrt(x: Tensor, beta=None) -> Tensor:
-    return torch.sqrt(x.clamp(min=0) + EPS) - math.sqrt(EPS)
+    # Exact for x >= EPS; a linear ramp from 0 on [0, EPS] keeps the gradient finite (at most 1/sqrt(EPS)).
+    return torch.where(x > EPS, torch.sqrt(x.clamp(min=EPS)), x.clamp(min=0) / math.sqrt(EPS))
+
+
+def _safe_log(x: Tensor, beta=None) -> Tensor:
+    # Exact for |x| >= EPS, constant log(EPS) closer to 0.
+    return torch.log(x.abs().clamp(min=EPS))
 
 
 def _safe_div(x1: Tensor, x2: Tensor, beta=None) -> Tensor:
@@ -95,7 +101,7 @@ _unary("cube", lambda x, b=None: _clip_input(x, _X_CUBE) ** 3, lambda x, b: x **
 _unary("sqrt", _safe_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, 0)), "sqrt(max(x,0))")
 _unary("scale", lambda x, b: b * x, lambda x, b: b * x, "beta*x", beta_init=1.0)
 _unary("shift", lambda x, b: x + b, lambda x, b: x + b, "x+beta", beta_init=0.0)
-_unary("log", lambda x, b=None: torch.log(x.abs() + EPS), lambda x, b: sympy.log(sympy.Abs(x)), "log(|x|)")
+_unary("log", _safe_log, lambda x, b: sympy.log(sympy.Abs(x)), "log(|x|)")
 _unary("exp", lambda x, b=None: torch.exp(x.clamp(max=_X_EXP)), lambda x, b: sympy.exp(x), "exp(x)")
 _unary("sin", lambda x, b=None: torch.sin(x), lambda x, b: sympy.sin(x), "sin(x)")
 _unary("cos", lambda x, b=None: torch.cos(x), lambda x, b: sympy.cos(x), "cos(x)")
