@@ -49,7 +49,7 @@ class Architect:
         for p, g in zip(self.params, grads):
             p.grad = None if g is None else g.detach()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _unrolled_grads(self, x_val, y_val, x_train, y_train, xi: float, weight_decay: float):
         """Gradient of L_val(w - xi * dL_train/dw, alpha) w.r.t. alpha, with a finite-difference Hessian."""
