@@ -1,0 +1,62 @@
+"""On the real CIFAR-10 images (the shared JPEG archive): a ReLU baseline learns, and every optimizer and space
+runs a short search that ends in a genotype, a formula and a plot. Slow: run by CI, skipped with -m 'not slow'."""
+import json
+import time
+
+import pytest
+import torch
+
+from pipeline.augment import BatchLoader
+from pipeline.data import balanced_subset, load_cifar10, split_indices
+from pipeline.discretize import discretize
+from pipeline.genotype import RELU
+from pipeline.models import build_resnet
+from pipeline.search import SearchConfig, run_search
+from pipeline.train import TrainConfig, train_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    from tests.conftest import SHARED_ARCHIVE
+
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
+    return load_cifar10(SHARED_ARCHIVE, tmp_path_factory.mktemp("cache"))
+
+
+def test_relu_resnet8_learns_cifar10_subset(cifar):
+    train_idx = balanced_subset(cifar.train_labels, 5000, seed=0)
+    train = BatchLoader(cifar.train_images[train_idx], cifar.train_labels[train_idx], 32, shuffle=True,
+                        augment=True, seed=0)
+    test = BatchLoader(cifar.test_images, cifar.test_labels, 500, shuffle=False, augment=False)
+    torch.manual_seed(0)
+    model = build_resnet("resnet8", RELU.factory())
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine", device="cpu", seed=0)
+    result = train_model(model, train, test, cfg, progress=False)
+    print(f"ReLU ResNet8, 3 epochs on 5,000 images: test top-1 {result.final['top1']:.2f}%, "
+          f"top-5 {result.final['top5']:.2f}%")
+    assert result.status == "ok"
+    assert result.final["top1"] > 35.0
+    assert result.final["top5"] > result.final["top1"]
+
+
+@pytest.mark.parametrize("optimizer", ["darts", "gdas", "drnas"])
+@pytest.mark.parametrize("space", ["simple", "complex"])
+def test_short_search_on_cifar10(cifar, optimizer, space, tmp_path):
+    subset = balanced_subset(cifar.train_labels, 512, seed=0)
+    train_idx, val_idx = split_indices(len(subset), 256, 256, seed=0)
+    images, labels = cifar.train_images[subset], cifar.train_labels[subset]
+    train = BatchLoader(images[train_idx], labels[train_idx], 64, shuffle=True, augment=True, seed=0)
+    val = BatchLoader(images[val_idx], labels[val_idx], 64, shuffle=True, augment=False, seed=1)
+    cfg = SearchConfig(optimizer=optimizer, space=space, epochs=2, batch_size=64, device="cpu", seed=0)
+    started = time.perf_counter()
+    result = run_search(cfg, train, val)
+    summary = discretize(result.supernet, val, torch.device("cpu"), tmp_path)
+    seconds = time.perf_counter() - started
+    print(f"{optimizer}-{space}: {seconds:.1f} s, {summary['formula']}, gap {summary['discretization_gap_top1']:.1f}")
+    for name in ("genotype.json", "formula.txt", "formula.tex", "activation.png", "discretize.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "discretize.json").read_text())["formula"] == result.genotype.formula()
+    assert len(result.history) == 2
