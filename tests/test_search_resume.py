@@ -1,0 +1,67 @@
+"""A search killed with SIGKILL in the middle of an epoch resumes (not restarts) and ends exactly where an
+uninterrupted search ends: same genotype, supernet weights, alphas and history."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.search import run_search
+from tests import search_subprocess_script as script
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "search_subprocess_script.py"
+
+
+def test_killed_search_resumes_to_the_same_result(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+    def command(name, *extra):
+        return [sys.executable, str(SCRIPT), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"), *extra]
+
+    threads = torch.get_num_threads()
+    try:
+        script.main(command("reference")[2:])  # uninterrupted, in this process
+    finally:
+        torch.set_num_threads(threads)
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command("killed", "--batch-delay", "0.05"), env=env, cwd=REPO, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch 1 batch 2" not in log_path.read_text():  # epoch 1 checkpointed, epoch 2 half done
+            assert process.poll() is None, f"the search ended before it could be killed:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, "timed out waiting for the second epoch"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (tmp_path / "killed.out").exists()
+    assert load_checkpoint(tmp_path / "killed.ckpt")["epoch"] == 1
+    rerun = subprocess.run(command("killed"), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming search from epoch 1" in rerun.stderr
+    reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
+    assert resumed["genotype"] == reference["genotype"]
+    assert json.dumps(resumed["history"]) == json.dumps(reference["history"])
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), f"{name} differs"
+
+
+def test_truncated_search_checkpoint_is_reported_not_used(tmp_path):
+    ckpt = tmp_path / "search.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    from pipeline.augment import BatchLoader
+    from tests.train_subprocess_script import colour_task
+
+    loaders = [BatchLoader(*colour_task(32, seed=s), 16, shuffle=True, augment=False) for s in (1, 2)]
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is unreadable.*delete it to restart"):
+        run_search(script.CONFIG, *loaders, checkpoint_path=ckpt)
