@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pipeline import fused
 from pipeline.genotype import SPACES, Genotype, beta_shape, edges_of, run_cell
 from pipeline.models import build_resnet
 from pipeline.ops import BINARY, UNARY, resolve_op_set
@@ -95,6 +96,8 @@ class MixedActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.cell.edge_weights()
+        if fused.enabled():  # the same cell as one autograd node with closed-form derivatives (much faster)
+            return fused.supernet_site(self, weights, x)
         return run_cell(self.cell.space, x, lambda edge, *inputs: self._mixed_edge(weights, edge, *inputs))
 
 

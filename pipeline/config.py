@@ -1,0 +1,407 @@
+"""params.yaml -> validated, typed study parameters; every mistake is ONE line naming key, value and what is allowed.
+
+Every stage calls `load_params()` first, so a typo anywhere in params.yaml stops the first stage before any work.
+All keys are required (DVC reads the listed ones from params.yaml too, and fails on missing ones), unknown keys are
+rejected with a close-match suggestion, and values are checked here, then by the library's own `SearchConfig` /
+`TrainConfig` validation. The data source must be a local path that exists (DVC hashes it as a dependency); the
+MLflow store is checked by the stages with `pipeline.tracking.check_tracking`.
+
+`python -m pipeline.config [params.yaml]` validates a file without running anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from pipeline.device import resolve_device
+from pipeline.genotype import BASELINES, BETA_MODES, SPACES, Genotype
+from pipeline.models import DEPTHS
+from pipeline.ops import resolve_op_set
+from pipeline.search import OPTIMIZERS, SearchConfig
+from pipeline.sources import ARCHIVE_SUFFIXES
+from pipeline.tracking import resolve_tracking_uri
+from pipeline.train import SCHEDULES, TrainConfig
+
+CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
+CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
+CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # '-' separates matrix values in DVC stage names
+
+
+class ParamsError(ValueError):
+    """params.yaml is wrong; the message is one line that says where, what and what is allowed."""
+
+
+def _bad(key: str, value: Any, allowed: str) -> ParamsError:
+    return ParamsError(f"params.yaml: {key} = {value!r} is invalid; allowed: {allowed}")
+
+
+# --- value checks: each takes (key, value) and returns the normalized value or raises ParamsError -------------
+Check = Callable[[str, Any], Any]
+
+
+def integer(minimum: int) -> Check:
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _bad(key, value, f"an integer >= {minimum}")
+        return value
+    return check
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Check:
+    above = f"> {low:g}" if low_open else f">= {low:g}"
+    allowed = f"a number {above}" + ("" if high == math.inf else f" and {'<' if high_open else '<='} {high:g}")
+
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise _bad(key, value, allowed)
+        ok_low = value > low if low_open else value >= low
+        ok_high = value < high if high_open else value <= high
+        if not (ok_low and ok_high):
+            raise _bad(key, value, allowed)
+        return float(value)
+    return check
+
+
+def choice(options) -> Check:
+    options = sorted(options)
+
+    def check(key, value):
+        if value not in options:
+            raise _bad(key, value, f"one of {options}")
+        return value
+    return check
+
+
+def boolean(key, value):
+    if not isinstance(value, bool):
+        raise _bad(key, value, "true or false")
+    return value
+
+
+def text(key, value):
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(key, value, "a non-empty string")
+    return value
+
+
+def optional(inner: Check) -> Check:
+    return lambda key, value: None if value is None else inner(key, value)
+
+
+def list_of(inner: Check, allow_empty: bool = False) -> Check:
+    def check(key, value):
+        if not isinstance(value, list) or (not value and not allow_empty):
+            raise _bad(key, value, "a list" + ("" if allow_empty else " with at least one entry"))
+        items = [inner(f"{key}[{i}]", item) for i, item in enumerate(value)]
+        if len(set(map(repr, items))) != len(items):
+            raise _bad(key, value, "a list without repeated entries")
+        return tuple(items)
+    return check
+
+
+def device(key, value):
+    try:
+        resolve_device(text(key, value))
+    except ValueError as err:
+        raise ParamsError(f"params.yaml: {key} = {value!r} is invalid; {err}") from None
+    return value
+
+
+def op_set(key, value):
+    try:
+        resolve_op_set(value)
+    except (ValueError, TypeError) as err:
+        raise ParamsError(f"params.yaml: {key} = {value!r} is invalid; {err}") from None
+    return value
+
+
+def arch_betas(key, value):
+    if not (isinstance(value, list) and len(value) == 2 and all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1 for v in value)):
+        raise _bad(key, value, "two numbers in [0, 1), Adam's (beta1, beta2), e.g. [0.5, 0.999]")
+    return tuple(float(v) for v in value)
+
+
+def custom_name(key, value):
+    if not isinstance(value, str) or not CUSTOM_NAME.match(value):
+        raise _bad(key, value, f"a name of lower-case letters, digits and '_' (the file {CUSTOM_DIR}/<name>.json)")
+    return value
+
+
+# --- the schema: section -> key -> check (a nested dict is a sub-section) -------------------------------------
+SCHEMA: dict[str, dict[str, Any]] = {
+    "study": {"experiment": text, "tracking_uri": optional(text), "mlflow": boolean, "device": device},
+    "data": {"source": text, "cache_dir": text, "train_size": optional(integer(1)), "test_size": optional(integer(1)),
+             "search_train_size": integer(1), "search_val_size": integer(1), "seed": integer(0)},
+    "search": {
+        "optimizers": list_of(choice(OPTIMIZERS)), "spaces": list_of(choice(SPACES)), "op_set": op_set,
+        "network": choice(DEPTHS), "epochs": integer(1), "batch_size": integer(2), "lr": number(0, low_open=True),
+        "lr_min": number(0), "momentum": number(0, 1), "weight_decay": number(0), "grad_clip": number(0, low_open=True),
+        "arch_lr": number(0, low_open=True), "arch_betas": arch_betas, "arch_weight_decay": number(0),
+        "beta_mode": choice(BETA_MODES), "betas_with": choice(("weights", "arch")), "warmup_epochs": integer(0),
+        "seed": integer(0), "amp": boolean,
+        "darts": {"second_order": boolean},
+        "gdas": {"tau_max": number(0, low_open=True), "tau_min": number(0, low_open=True)},
+        "drnas": {"regularizer": choice(("kl", "l2", "none")), "reg_scale": number(0), "per_site_sample": boolean},
+    },
+    "preflight": {"min_free_mb": number(0)},
+    "discretize": {"batch_size": integer(1)},
+    "evaluate": {
+        "networks": list_of(choice(DEPTHS)), "seeds": list_of(integer(0)), "baselines": list_of(choice(BASELINES)),
+        "custom": list_of(custom_name, allow_empty=True), "epochs": integer(1), "batch_size": integer(2),
+        "test_batch_size": integer(1), "lr": number(0, low_open=True), "momentum": number(0, 1),
+        "nesterov": boolean, "weight_decay": number(0), "schedule": choice(SCHEDULES),
+        "milestones": list_of(integer(1), allow_empty=True), "gamma": number(0, 1, low_open=True, high_open=False),
+        "warmup_epochs": integer(0), "label_smoothing": number(0, 1), "grad_clip": optional(number(0, low_open=True)),
+        "amp": boolean, "beta_mode": choice(BETA_MODES), "train_betas": boolean,
+        "divergence_loss": number(0, low_open=True), "chance_margin": number(0, 100),
+    },
+}
+
+
+def _check_section(schema: dict, values: Any, prefix: str) -> dict:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(values, dict):
+        raise _bad(prefix.rstrip(".") or "params.yaml", values, f"a mapping with keys {sorted(schema)}")
+    for key in values:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ParamsError(f"params.yaml: unknown key {prefix}{key}{hint}; allowed keys in {where}: "
+                              f"{sorted(schema)}")
+    missing = [key for key in schema if key not in values]
+    if missing:
+        raise ParamsError(f"params.yaml: {prefix}{missing[0]} is missing from {where}; every key is required "
+                          f"(see presets/full.yaml or docs/pipeline.md for its meaning)")
+    return {key: _check_section(check, values[key], f"{prefix}{key}.") if isinstance(check, dict)
+            else check(f"{prefix}{key}", values[key]) for key, check in schema.items()}
+
+
+# --- typed parameters ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyParams:
+    experiment: str  # MLflow experiment name
+    tracking_uri: Optional[str]  # None: sqlite mlflow.db at the project root (env MLFLOW_TRACKING_URI wins)
+    mlflow: bool
+    device: str
+
+
+@dataclass(frozen=True)
+class PreflightParams:
+    min_free_mb: float  # a stage refuses to start with less free disk space (outputs, checkpoints, DVC cache)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    cache_dir: str
+    train_size: Optional[int]  # None: all 50,000
+    test_size: Optional[int]  # None: all 10,000
+    search_train_size: int  # taken from the training subset: images for the supernet's weights
+    search_val_size: int  # disjoint from those: images for the architecture step and the discretization gap
+    seed: int
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    optimizers: tuple[str, ...]
+    spaces: tuple[str, ...]
+    op_set: Any
+    network: str
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_min: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float
+    arch_lr: float
+    arch_betas: tuple[float, float]
+    arch_weight_decay: float
+    beta_mode: str
+    betas_with: str
+    warmup_epochs: int
+    seed: int
+    amp: bool
+    darts: dict
+    gdas: dict
+    drnas: dict
+
+    def config(self, optimizer: str, space: str, device: str = "auto") -> SearchConfig:
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(SearchConfig)
+                  if hasattr(self, f.name) and f.name not in ("optimizer", "space", "device")}
+        return SearchConfig(optimizer=optimizer, space=space, device=device, **common,
+                            second_order=optimizer == "darts" and self.darts["second_order"],
+                            tau_max=self.gdas["tau_max"], tau_min=self.gdas["tau_min"],
+                            drnas_regularizer=self.drnas["regularizer"], drnas_reg_scale=self.drnas["reg_scale"],
+                            per_site_sample=self.drnas["per_site_sample"])
+
+    def names(self) -> list[str]:
+        """The searched activations, `<optimizer>-<space>`, in params order."""
+        return [f"{optimizer}-{space}" for optimizer in self.optimizers for space in self.spaces]
+
+
+@dataclass(frozen=True)
+class DiscretizeParams:
+    batch_size: int
+
+
+_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
+                 "gamma", "warmup_epochs", "label_smoothing", "grad_clip", "amp", "divergence_loss", "chance_margin")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    networks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    baselines: tuple[str, ...]
+    custom: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    test_batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: tuple[int, ...]
+    gamma: float
+    warmup_epochs: int
+    label_smoothing: float
+    grad_clip: Optional[float]
+    amp: bool
+    beta_mode: str
+    train_betas: bool
+    divergence_loss: float
+    chance_margin: float
+
+    def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
+        values = {name: getattr(self, name) for name in _TRAIN_FIELDS}
+        return TrainConfig(**values | {"milestones": list(self.milestones)}, seed=seed, device=device)
+
+
+@dataclass(frozen=True)
+class Params:
+    root: Path  # the project root; relative paths in params.yaml are relative to it
+    study: StudyParams
+    preflight: PreflightParams
+    data: DataParams
+    search: SearchParams
+    discretize: DiscretizeParams
+    evaluate: EvaluateParams
+
+    def source_path(self) -> Path:
+        return (self.root / self.data.source).resolve()
+
+    def custom_path(self, name: str) -> Path:
+        return self.root / CUSTOM_DIR / f"{name}.json"
+
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.root, self.study.tracking_uri)
+
+    def activations(self) -> dict[str, str]:
+        """Every evaluated activation name -> its origin: 'baseline', 'searched' or 'custom'."""
+        return ({name: "baseline" for name in self.evaluate.baselines}
+                | {name: "searched" for name in self.search.names()}
+                | {name: "custom" for name in self.evaluate.custom})
+
+
+_SECTIONS = {"study": StudyParams, "preflight": PreflightParams, "data": DataParams, "search": SearchParams, "discretize": DiscretizeParams,
+             "evaluate": EvaluateParams}
+
+
+def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
+    """Validate a params mapping (as read from params.yaml) and build the typed parameters."""
+    values = _check_section(SCHEMA, raw, "")
+    params = Params(Path(root).resolve(), **{name: cls(**values[name]) for name, cls in _SECTIONS.items()})
+    _check_consistency(params)
+    if check_paths:
+        _check_paths(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", check_paths: bool = True, root: str | Path | None = None) -> Params:
+    """Read and validate params.yaml; its relative paths are relative to `root`, by default the file's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file; run from the project root or copy a preset: "
+                          f"cp presets/full.yaml params.yaml") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    return parse_params(raw, Path(root) if root is not None else path.resolve().parent, check_paths)
+
+
+def _check_consistency(params: Params) -> None:
+    data, search, evaluate = params.data, params.search, params.evaluate
+    train_size = data.train_size or CIFAR_TRAIN_IMAGES
+    if data.train_size is not None and data.train_size > CIFAR_TRAIN_IMAGES:
+        raise _bad("data.train_size", data.train_size, f"null (all) or at most {CIFAR_TRAIN_IMAGES}")
+    if data.test_size is not None and data.test_size > CIFAR_TEST_IMAGES:
+        raise _bad("data.test_size", data.test_size, f"null (all) or at most {CIFAR_TEST_IMAGES}")
+    if data.search_train_size + data.search_val_size > train_size:
+        raise _bad("data.search_train_size + data.search_val_size", data.search_train_size + data.search_val_size,
+                   f"at most data.train_size = {train_size} (the search splits are cut from the training subset)")
+    for key, size in (("data.search_train_size", data.search_train_size),
+                      ("data.search_val_size", data.search_val_size)):
+        if size < search.batch_size:
+            raise _bad(key, size, f">= search.batch_size = {search.batch_size} (batches are full)")
+    if train_size < evaluate.batch_size:
+        raise _bad("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
+    for optimizer in search.optimizers:
+        for space in search.spaces:
+            try:
+                search.config(optimizer, space, params.study.device)
+            except ValueError as err:
+                raise ParamsError(f"params.yaml: {err}") from None
+    try:
+        evaluate.train_config(evaluate.seeds[0], params.study.device)
+    except ValueError as err:
+        raise ParamsError(f"params.yaml: {str(err).replace('TrainConfig.', 'evaluate.')}") from None
+    taken = set(evaluate.baselines) | set(search.names())
+    for name in evaluate.custom:
+        if name in taken or name in BASELINES:
+            raise _bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>")
+
+
+def _check_paths(params: Params) -> None:
+    source = params.data.source
+    if source == "torchvision":
+        raise _bad("data.source", source, "a local path that DVC can hash; download once with "
+                   "`python -m stages.prepare --download data/torchvision` (needs internet), then set "
+                   "data.source: data/torchvision/cifar-10-batches-py")
+    path = params.source_path()
+    kinds = f"an archive ({', '.join(ARCHIVE_SUFFIXES)}), a cifar-10-batches-py folder or a train/ test/ image tree"
+    if not path.exists():
+        raise _bad("data.source", source, f"an existing path ({path} does not exist): {kinds}")
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise _bad("data.source", source, kinds)
+    for name in params.evaluate.custom:
+        file = params.custom_path(name)
+        if not file.is_file():
+            raise _bad("evaluate.custom", name, f"names of genotype files in {CUSTOM_DIR}/ ({file} does not exist)")
+        try:
+            Genotype.load(file)
+        except ValueError as err:
+            raise ParamsError(f"params.yaml: evaluate.custom = {name!r}: {err}") from None
+
+
+if __name__ == "__main__":
+    target = sys.argv[1] if len(sys.argv) > 1 else "params.yaml"
+    try:  # run from the project root: a preset's relative paths are meant relative to it, as in params.yaml
+        loaded = load_params(target, root=Path.cwd())
+    except ParamsError as error:
+        sys.exit(f"error: {error}")
+    print(f"{target} is valid: {len(loaded.activations())} activations x {len(loaded.evaluate.networks)} networks "
+          f"x {len(loaded.evaluate.seeds)} seeds, {len(loaded.search.names())} searches")

@@ -1,0 +1,308 @@
+"""The fused cell: a whole activation cell (every edge, every candidate) as one autograd node.
+
+The plain mixed cell, sum_k w_k * op_k(x) per edge through autograd, keeps every candidate's output and
+autograd's intermediates alive until backward (10x ReLU's memory) and runs each operator as its own passes over
+memory. Here one node computes the cell's value and its derivative with respect to x in one pass, from
+closed-form operator derivatives (`pipeline/fused_ops.py`, kernels in `pipeline/fused_kernels.py`), and saves
+only what backward will read (decided per call from which parameters need a gradient):
+    grad_x   = grad * d output / dx             (saved by forward)
+    grad_w_k = sum(grad_e * op_k(input_e))      (only when the weights need a gradient: the arch step)
+    grad_b_k = w_k * sum(grad_e * d op_k / d beta_k)  (summed to beta's shape: scalar or per channel)
+with grad_e the gradient at edge e's output, reached through the saved local derivatives. The kernels run as
+plain PyTorch (eager) or compiled by torch.compile (inductor: one vectorized C++ loop on CPU, Triton on CUDA).
+Values and gradients equal the plain cell's within float rounding (tests/test_fused.py).
+
+Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
+- "auto" (default): compile when a batch has at least AUTO_COMPILE_MIN_BATCH samples and the cell's operators
+  are fixed for the run (DARTS, DrNAS, a genotype); eager otherwise. GDAS samples a new cell every step, and a
+  kernel compiled per sample would not pay back its compile time; small batches (tests) are not worth one.
+- "compile" / "eager": always that. "off": the plain autograd cell (the reference).
+A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs eagerly from then on.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from pipeline.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, make_plan
+
+log = logging.getLogger(__name__)
+MODES = ("auto", "compile", "eager", "off")
+AUTO_COMPILE_MIN_BATCH = 64
+# All kernels come from the same two functions; dynamo keeps compiled variants per code object and by default
+# runs eagerly after 8. Variants differ by cell, candidates, needed gradients and tensor ranks.
+_RECOMPILE_LIMIT = 64
+
+_state = {"mode": os.environ.get("ACTSEARCH_FUSED", "auto")}
+
+
+def set_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"fused cell mode must be one of {MODES}, got {mode!r} (check ACTSEARCH_FUSED)")
+    _state["mode"] = mode
+
+
+def get_mode() -> str:
+    set_mode(_state["mode"])  # validates a value that came from the environment
+    return _state["mode"]
+
+
+def enabled() -> bool:
+    return get_mode() != "off"
+
+
+@contextlib.contextmanager
+def using(mode: str):
+    """Temporarily run cells in `mode` (tests and benchmarks compare the modes)."""
+    previous = get_mode()
+    set_mode(mode)
+    try:
+        yield
+    finally:
+        set_mode(previous)
+
+
+_GRAPHS: dict[str, tuple] = {}
+
+
+def _graph(space: str):
+    """((input nodes, output node) per edge, result node); node 0 is x. Read off `run_cell`, the one place the
+    cell's wiring is written down."""
+    if space not in _GRAPHS:
+        from pipeline.genotype import edges_of, run_cell  # here: genotype.py imports this module
+
+        edges, names = [], []
+
+        def record(edge, *inputs):
+            names.append(edge)
+            edges.append((tuple(inputs), len(edges) + 1))
+            return len(edges)
+
+        result = run_cell(space, 0, record)
+        # Callers list per-edge data in edges_of order: the wiring must evaluate edges in that order.
+        assert tuple(names) == edges_of(space), (names, edges_of(space))
+        _GRAPHS[space] = (tuple(edges), result)
+    return _GRAPHS[space]
+
+
+# --- compiled kernels ---------------------------------------------------------------------------------------
+_KERNELS: dict[tuple, Callable] = {}
+
+
+def _raise_recompile_limit() -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < _RECOMPILE_LIMIT:
+            setattr(config, name, _RECOMPILE_LIMIT)
+
+
+def _kernel(kind: str, static: tuple, compiled: bool) -> Callable:
+    base = cell_forward if kind == "forward" else cell_backward
+
+    def eager(*tensors):
+        return base(*static, *tensors)
+
+    if not compiled:
+        return eager
+    key = (kind, static)
+    if key not in _KERNELS:
+        _raise_recompile_limit()
+        # dynamic: one kernel for every batch size and site; the views below leave 2 or 3 symbolic sizes.
+        compiled_fn = torch.compile(eager, dynamic=True, fullgraph=True)
+
+        def guarded(*tensors):
+            try:
+                # Python floats stay constants (dynamo's symbolic floats would only restart the analysis).
+                with torch._dynamo.config.patch(specialize_float=True):
+                    return compiled_fn(*tensors)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, the math is the same
+                log.warning("compiling the fused %s kernel failed (%s: %s); running it eagerly", kind,
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                _KERNELS[key] = eager
+                return eager(*tensors)
+
+        _KERNELS[key] = guarded
+    return _KERNELS[key]
+
+
+# --- the autograd node --------------------------------------------------------------------------------------
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # bf16/fp16 inputs (autocast) are computed in float32: sums of many candidates would round badly otherwise.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class _Layout:
+    """How kernels see a full-size tensor: (batch, rest) when every beta is a scalar, else (batch, channel,
+    rest), or (batch, rest, channel) for channels_last. Few symbolic sizes keep compiling quick (a third of
+    the time of (N, C, H, W)), and parameter gradients are sums over one dimension, parallel over the batch."""
+
+    def __init__(self, x: torch.Tensor, per_channel: bool):
+        self.shape, self.per_channel = x.shape, per_channel
+        self.channels_last = (x.dim() == 4 and not x.is_contiguous()
+                              and x.is_contiguous(memory_format=torch.channels_last))
+        self.reduce_dim = 1 if self.channels_last and per_channel else -1
+
+    def view(self, t: torch.Tensor) -> torch.Tensor:
+        t = (t.permute(0, 2, 3, 1) if self.channels_last else t).contiguous()  # no copy in the usual layouts
+        batch = t.shape[0] if t.dim() > 1 else 1
+        if not self.per_channel:
+            return t.reshape(batch, -1)
+        if self.channels_last:
+            return t.reshape(batch, -1, t.shape[-1])
+        return t.reshape(batch, t.shape[1], -1)
+
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            n, c, h, w = self.shape
+            return t.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return t.reshape(self.shape)
+
+    def beta(self, b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if b is None or b.dim() == 0:
+            return b
+        return b.reshape(-1) if self.channels_last else b.reshape(-1, 1)
+
+    @staticmethod
+    def finish(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A kernel's partial sum, (batch,) or (batch, channel), summed to the shape of parameter `like`."""
+        total = partial.sum() if like.dim() == 0 or partial.dim() == 1 else partial.sum(0)
+        return total.reshape(like.shape)
+
+
+def _split(spec: CellSpec, params: Sequence[torch.Tensor]):
+    """Flat parameters -> (weights per edge, betas per edge and candidate), None where absent."""
+    params = iter(params)
+    ws = [next(params) if weighted else None for weighted in spec.weighted]
+    betas = [[next(params) if present else None for present in row] for row in spec.has_beta]
+    return ws, betas
+
+
+class _FusedCell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: CellSpec, compiled: bool, x, *params):
+        ws, betas = _split(spec, params)
+        needs = iter(ctx.needs_input_grad[3:])
+        need_w = [weighted and bool(next(needs)) for weighted in spec.weighted]
+        need_beta = [[present and bool(next(needs)) for present in row] for row in spec.has_beta]
+        plan = make_plan(spec, ctx.needs_input_grad[2], need_w, need_beta)
+        layout = _Layout(x, per_channel=any(b is not None and b.dim() > 0 for row in betas for b in row))
+        ctx.spec, ctx.plan, ctx.compiled, ctx.layout, ctx.num_params = spec, plan, compiled, layout, len(params)
+        # Kernels see detached views: no autograd inside, and no requires_grad for a compiled kernel to guard on.
+        ws = [None if w is None else w.detach() for w in ws]
+        betas = [[None if b is None else layout.beta(b.detach()) for b in row] for row in betas]
+        out, nodes, derivatives = _kernel("forward", (spec, plan), compiled)(
+            layout.view(x.detach()).to(_compute_dtype(x)), ws, betas)
+        ctx.num_nodes = len(nodes)
+        # Saved: what backward reads (plan), never the candidates' outputs. A weight step of the simple space
+        # keeps x, d output / dx, the binary edge's two partials and u1 - u2 (interp's d / d beta).
+        ctx.save_for_backward(x if plan.keep_nodes[0] else None, *params, *nodes, *derivatives)
+        out = layout.restore(out.to(x.dtype))
+        return out.clone() if out is x else out  # an identity cell: autograd needs a new tensor
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        spec, plan, layout = ctx.spec, ctx.plan, ctx.layout
+        x, *rest = ctx.saved_tensors
+        params, rest = rest[: ctx.num_params], rest[ctx.num_params:]
+        nodes, derivatives = rest[: ctx.num_nodes], rest[ctx.num_nodes:]
+        dtype = _compute_dtype(grad)
+        grad_view = layout.view(grad).to(dtype)
+        flat: list = [None] * len(params)
+        if any(plan.need_w) or any(any(row) for row in plan.need_beta):
+            ws, betas = _split(spec, [p.detach() for p in params])
+            betas = [[layout.beta(b) for b in row] for row in betas]
+            x_view = None if x is None else layout.view(x).to(dtype)
+            local = derivatives[1:] if plan.need_x else derivatives
+            grad_w, grad_b = _kernel("backward", (spec, plan, layout.reduce_dim), ctx.compiled)(
+                x_view, nodes, local, ws, betas, grad_view)
+            w_grads = [None if g is None else g.reshape(-1, g.shape[-1]).sum(0)  # (..., candidates) -> (k,)
+                       for g, weighted in zip(grad_w, spec.weighted) if weighted]
+            b_grads = [grad_b[e][k] for e, row in enumerate(spec.has_beta) for k, present in enumerate(row)
+                       if present]
+            b_grads = [None if g is None else layout.finish(g, p) for g, p in zip(b_grads, params[len(w_grads):])]
+            flat = [None if g is None else g.to(p.dtype) for g, p in zip(w_grads + b_grads, params)]
+        # grad_x outside the kernel: inductor does not fuse this product with the reductions there; it would
+        # store and reload every adjoint they share (3 passes over memory instead of 1).
+        gx = layout.restore((grad_view * derivatives[0]).to(grad.dtype)) if plan.need_x else None
+        return (None, None, gx, *flat)
+
+
+def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequence[Optional[torch.Tensor]],
+               betas: Sequence[Sequence[Optional[torch.Tensor]]], x: torch.Tensor, *, fixed_ops: bool) -> torch.Tensor:
+    """The cell's output for x. Per edge (in `edges_of(space)` order): candidate names, a weight vector (None for a
+    single candidate of weight 1) and one beta tensor or None per candidate. `fixed_ops`: the same cell will be
+    called for many steps (DARTS, DrNAS, a genotype; not a GDAS sample), so compiling it can pay off."""
+    graph, result = _graph(space)
+    spec = CellSpec(tuple(tuple(names) for names in candidates), tuple(w is not None for w in weights),
+                    tuple(tuple(b is not None for b in row) for row in betas), graph, result)
+    mode = get_mode()
+    compiled = mode == "compile" or (mode == "auto" and fixed_ops and x.dim() > 0
+                                     and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
+    params = [w for w in weights if w is not None] + [b for row in betas for b in row if b is not None]
+    return _FusedCell.apply(spec, compiled, x, *params)
+
+
+def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge."""
+    from pipeline.genotype import edges_of
+
+    cell = site.cell
+    hard = cell.relaxation.hard
+    candidates, ws, betas = [], [], []
+    for edge in edges_of(cell.space):
+        names, w = cell.candidates[edge], weights[edge]
+        if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
+            k = cell.relaxation.index[edge]
+            names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)
+        candidates.append(names)
+        ws.append(w)
+        betas.append([site.beta(edge, name) for name in names])
+    return fused_cell(cell.space, candidates, ws, betas, x, fixed_ops=not hard)
+
+
+# --- fixed activations (retraining) ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def native_function(genotype) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The one built-in PyTorch function a genotype equals, if any (relu(x), x*sigmoid(x) = silu(x), ...):
+    following `left`/`right`/`identity` edges, the cell reduces to one beta-free operator of x. A built-in is a
+    single autograd node whose saved tensor the next layer keeps anyway, so retraining it costs what ReLU does."""
+    from pipeline.genotype import run_cell
+    from pipeline.ops import UNARY
+
+    def reduce(edge, *inputs):  # each node as ("x",), ("op", name) or ("other",)
+        name = genotype.ops[genotype.edges.index(edge)]
+        if len(inputs) == 1:
+            if name == "identity" or inputs[0] != ("x",):
+                return inputs[0] if name == "identity" else ("other",)
+            return ("op", name) if name in _NATIVE_UNARY else ("other",)
+        if name in ("left", "right"):
+            return inputs[0] if name == "left" else inputs[1]
+        return ("op", "silu") if name == "sigmul" and inputs == (("x",), ("x",)) else ("other",)
+
+    node = run_cell(genotype.space, ("x",), reduce)
+    if node == ("x",):
+        return torch.clone  # the identity: a new tensor, like every other activation returns
+    return UNARY[node[1]].fn if node[0] == "op" else None
+
+
+# Operators whose Op.fn is one native kernel (no clamps or formulas around it).
+_NATIVE_UNARY = frozenset({"relu", "silu", "gelu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "abs", "neg",
+                           "erf", "atan"})
+
+
+def genotype_forward(activation, x: torch.Tensor) -> torch.Tensor:
+    """`GenotypeActivation.forward` on the fast path: a built-in function when the genotype is one, else the
+    fused cell with one candidate (weight 1) per edge, compiled in "auto" mode for batches of 64 and more."""
+    genotype = activation.genotype
+    native = native_function(genotype)
+    if native is not None:
+        return native(x)
+    betas = [[activation.beta[edge] if edge in activation.beta else None] for edge in genotype.edges]
+    return fused_cell(genotype.space, [(name,) for name in genotype.ops], [None] * len(genotype.ops), betas, x,
+                      fixed_ops=True)

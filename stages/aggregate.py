@@ -1,0 +1,51 @@
+"""Stage `aggregate`: the results table, the DVC metric and the figures, from the other stages' DVC outputs.
+
+Writes reports/results.csv, reports/results.md, reports/summary.json (declared as the DVC metric) and
+reports/figures/ (declared as DVC plots): activations.png, training curves per network, supernet validation
+top-1 and operator-weight / entropy trajectories of each search. Reads results/, never MLflow (which also holds
+runs of earlier parameters); the MLflow run of this stage receives the table and the figures.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.report import ReportError, write_report
+from stages.common import RESULTS, ROOT, log, run, stage_run, start
+
+STAGE = "aggregate"
+REPORTS = ROOT / "reports"
+
+
+def numbers_only(tree: dict) -> dict:
+    """The summary without its strings and nulls (MLflow metrics are numbers)."""
+    kept = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            kept[key] = numbers_only(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            kept[key] = value
+    return kept
+
+
+def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    params = start(STAGE)
+    origins = params.activations()
+    networks, seeds = params.evaluate.networks, params.evaluate.seeds
+    with stage_run(params, STAGE, {}, {"activations": list(origins), "networks": list(networks),
+                                       "seeds": list(seeds)}) as mlflow_run:
+        try:
+            summary = write_report(RESULTS, REPORTS, origins, networks, seeds)
+        except ReportError as error:
+            raise SystemExit(f"error: {error}") from None
+        mlflow_run.log_metrics(numbers_only(summary))
+        mlflow_run.set_tags({f"status.{name}.{network}": entry[network]["status"] for name, entry in summary.items()
+                             for network in networks})
+        for file in ("results.csv", "results.md", "summary.json"):
+            mlflow_run.log_artifact(REPORTS / file)
+        mlflow_run.log_artifact(REPORTS / "figures")
+        log.info("results table:\n%s", (REPORTS / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,44 @@
+"""Stage `discretize@<optimizer>-<space>`: the searched supernet -> one concrete activation function.
+
+Writes results/discretize/<optimizer>-<space>/: genotype.json (what evaluate retrains), formula.txt/.tex,
+activation.png (beside ReLU and Swish) and discretize.json (equivalence warning, validation top-1/top-5 of the
+supernet and of the discretized network on the architecture split, and the discretization gap).
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.device import resolve_device, seed_everything
+from pipeline.discretize import discretize, load_supernet
+from stages.common import RESULTS, log, run, search_loaders, stage_run, start
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--optimizer", required=True)
+    parser.add_argument("--space", required=True)
+    args = parser.parse_args(argv)
+    name = f"{args.optimizer}-{args.space}"
+    stage = f"discretize@{name}"
+    params = start(stage)
+    device = resolve_device(params.study.device)
+    supernet, cfg = load_supernet(RESULTS / "search" / name / "supernet.pt", device)
+    _, val_loader = search_loaders(params.discretize.batch_size, cfg.seed, device, drop_last=False)
+    out = RESULTS / "discretize" / name
+    tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
+    with stage_run(params, stage, tags, {"discretize.batch_size": params.discretize.batch_size}) as mlflow_run:
+        seed_everything(cfg.seed, deterministic=device.type == "cpu")  # GDAS/DrNAS sample while evaluating
+        summary = discretize(supernet, val_loader, device, out, amp=cfg.amp)
+        mlflow_run.log_metrics({key: summary[key] for key in ("supernet_val_top1", "supernet_val_top5",
+                                                             "discretized_val_top1", "discretized_val_top5",
+                                                             "discretization_gap_top1")})
+        mlflow_run.log_params({"genotype": summary["genotype"]})
+        mlflow_run.set_tags({"formula": summary["formula"], "equivalent_to": summary["equivalent_to"] or "none",
+                             "equivalence": summary["equivalence"] or "none"})
+        mlflow_run.log_artifact(out, "discretize")
+        log.info("discretized %s: %s (gap %.2f points)%s", name, summary["formula"],
+                 summary["discretization_gap_top1"], f"; {summary['equivalence']}" if summary["equivalence"] else "")
+
+
+if __name__ == "__main__":
+    run(main)

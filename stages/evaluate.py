@@ -1,0 +1,105 @@
+"""Stage `evaluate-<origin>@<activation>-<network>-<seed>`: retrain a network from scratch with one activation.
+
+The activation is a baseline (pipeline.genotype.BASELINES), a searched one (<optimizer>-<space>: the genotype
+from its discretize stage) or a custom one (activations/<name>.json). Writes
+results/evaluate/<activation>/<network>/seed<seed>/: metrics.json (final test top-1/top-5, status ok / diverged /
+failed_to_learn, time per epoch), history.csv (per epoch), weights.pt (state dict) and genotype.json.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+import torch
+
+from pipeline.augment import BatchLoader
+from pipeline.config import Params, ParamsError
+from pipeline.device import resolve_device, seed_everything
+from pipeline.genotype import BASELINES, Genotype
+from pipeline.models import build_resnet, count_parameters
+from pipeline.train import train_model
+from stages.common import (RESULTS, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
+                           write_csv, write_json)
+
+ORIGINS = ("baseline", "searched", "custom")
+
+
+def resolve_genotype(params: Params, origin: str, activation: str) -> Genotype:
+    """The genotype behind an activation name; its origin must agree with params.yaml."""
+    expected = params.activations().get(activation)
+    if expected != origin:
+        raise ParamsError(f"params.yaml: activation {activation!r} is not a {origin} activation of this study "
+                          f"(its activations: {params.activations()}); check dvc.yaml against params.yaml")
+    if origin == "baseline":
+        return BASELINES[activation]
+    path = params.custom_path(activation) if origin == "custom" else RESULTS / "discretize" / activation / \
+        "genotype.json"
+    return Genotype.load(path)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--origin", required=True, choices=ORIGINS)
+    parser.add_argument("--activation", required=True)
+    parser.add_argument("--network", required=True)
+    parser.add_argument("--seed", required=True, type=int)
+    args = parser.parse_args(argv)
+    stage = f"evaluate-{args.origin}@{args.activation}-{args.network}-{args.seed}"
+    params = start(stage)
+    genotype = resolve_genotype(params, args.origin, args.activation)
+    cfg = params.evaluate.train_config(args.seed, params.study.device)
+    device = resolve_device(cfg.device)
+    data = load_prepared()
+    train_loader = BatchLoader(data["train_images"], data["train_labels"], cfg.batch_size, shuffle=True,
+                               augment=True, drop_last=True, device=device, seed=args.seed)
+    test_loader = BatchLoader(data["test_images"], data["test_labels"], params.evaluate.test_batch_size,
+                              shuffle=False, augment=False, device=device)
+    out = RESULTS / "evaluate" / args.activation / args.network / f"seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    genotype.save(out / "genotype.json")
+    formula = genotype.formula()
+    tags = {"activation": args.activation, "origin": args.origin, "network": args.network, "seed": args.seed,
+            "formula": formula}
+    if args.origin == "searched":
+        tags["optimizer"], tags["space"] = args.activation.split("-")
+    run_params = {"train": asdict(cfg), "beta_mode": params.evaluate.beta_mode,
+                  "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
+    with stage_run(params, stage, tags, run_params) as mlflow_run:
+        def log_epoch(record: dict) -> None:
+            mlflow_run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+        def train(path):
+            seed_everything(args.seed, deterministic=device.type == "cpu")  # the initial weights depend on it
+            model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode,
+                                                                params.evaluate.train_betas))
+            meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict()}
+            return model, train_model(model, train_loader, test_loader, cfg, checkpoint_path=path,
+                                      on_epoch=log_epoch, checkpoint_meta=meta)
+
+        checkpoint = checkpoint_path(stage)
+        model, result = resume_or_restart(train, checkpoint)
+        torch.save(model.state_dict(), out / "weights.pt")
+        write_csv(out / "history.csv", result.history)
+        times = [record["epoch_time_s"] for record in result.history]
+        steady = times[1:] or times  # the first epoch also pays one-time costs (kernel compilation, warm-up)
+        metrics = {"activation": args.activation, "origin": args.origin, "network": args.network,
+                   "seed": args.seed, "formula": formula, "status": result.status,
+                   "test_top1": result.final["top1"], "test_top5": result.final["top5"],
+                   "test_loss": result.final["loss"], "epoch_time_s": result.epoch_time_s,
+                   "steady_epoch_time_s": sum(steady) / len(steady), "epochs": cfg.epochs,
+                   "epochs_run": len(result.history), "diverged_epoch": result.diverged_epoch,
+                   "parameters": count_parameters(model)}
+        write_json(out / "metrics.json", metrics)
+        mlflow_run.log_metrics({"final_test_top1": result.final["top1"], "final_test_top5": result.final["top5"],
+                                "mean_epoch_time_s": result.epoch_time_s})
+        mlflow_run.set_tags({"status": result.status})
+        for file in ("metrics.json", "history.csv", "genotype.json"):
+            mlflow_run.log_artifact(out / file)
+        mlflow_run.log_model_weights(out / "weights.pt")
+        log.info("%s on %s, seed %d: %s, test top-1 %.2f", args.activation, args.network, args.seed,
+                 result.status, result.final["top1"])
+    checkpoint.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,81 @@
+"""Stage `search@<optimizer>-<space>`: one-shot search of the activation cell on the search network.
+
+Writes results/search/<optimizer>-<space>/: supernet.pt (for discretize), history.json and history.csv (per
+epoch: losses, top-1/top-5, lr, temperature, operator weights, entropy, betas, formula) and summary.json.
+A checkpoint after every epoch (checkpoints/, outside the DVC outputs) lets a killed search resume; it is
+deleted once the stage has succeeded. Each epoch goes to MLflow as it ends.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict
+
+from pipeline.device import resolve_device
+from pipeline.discretize import save_supernet
+from pipeline.search import run_search
+from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, stage_run, start,
+                           write_csv, write_json)
+
+
+def epoch_metrics(record: dict) -> dict:
+    """A search history record as MLflow metrics (nested names flattened with dots by StageRun)."""
+    metrics = {key: record[key] for key in ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
+                                            "val_top5", "lr", "skipped_steps", "epoch_time_s")}
+    if record["temperature"] is not None:
+        metrics["temperature"] = record["temperature"]
+    if not math.isnan(record["arch_loss"]):  # NaN only in warm-up epochs, which take no architecture step
+        metrics["arch_loss"] = record["arch_loss"]
+    return metrics | {"weight": record["operator_weights"], "entropy": record["entropy"], "beta": record["betas"]}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--optimizer", required=True)
+    parser.add_argument("--space", required=True)
+    args = parser.parse_args(argv)
+    name = f"{args.optimizer}-{args.space}"
+    stage = f"search@{name}"
+    params = start(stage)
+    cfg = params.search.config(args.optimizer, args.space, params.study.device)
+    out = RESULTS / "search" / name
+    out.mkdir(parents=True, exist_ok=True)
+    train_loader, val_loader = search_loaders(cfg.batch_size, cfg.seed, resolve_device(cfg.device))
+    tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
+    with stage_run(params, stage, tags, {"search": asdict(cfg)}) as mlflow_run:
+        logged = set()
+
+        def log_epoch(record: dict) -> None:
+            mlflow_run.log_metrics(epoch_metrics(record), step=record["epoch"])
+            mlflow_run.set_tags({"formula": record["formula"]})
+            mlflow_run.log_text(record["formula"] + "\n", f"formula/epoch_{record['epoch']:03d}.txt")
+            logged.add(record["epoch"])
+
+        checkpoint = checkpoint_path(stage)
+        result = resume_or_restart(lambda path: run_search(cfg, train_loader, val_loader, checkpoint_path=path,
+                                                           on_epoch=log_epoch, progress=True), checkpoint)
+        for record in result.history:  # epochs done before a resume were logged by the killed run
+            if record["epoch"] not in logged:
+                log_epoch(record)
+        save_supernet(result.supernet, cfg, out / "supernet.pt")
+        write_json(out / "history.json", result.history)
+        write_csv(out / "history.csv", result.history)
+        last = result.history[-1]
+        summary = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network,
+                   "genotype": result.genotype.to_dict(), "formula": result.genotype.formula(),
+                   "skipped_steps": result.skipped_steps, "epochs": cfg.epochs,
+                   "final": {key: last[key] for key in ("train_top1", "train_top5", "val_loss", "val_top1",
+                                                        "val_top5")},
+                   "epoch_time_s": sum(r["epoch_time_s"] for r in result.history) / len(result.history)}
+        write_json(out / "summary.json", summary)
+        mlflow_run.set_tags({"formula": summary["formula"], "genotype": str(result.genotype)})
+        for file in ("history.json", "history.csv", "summary.json"):
+            mlflow_run.log_artifact(out / file)
+        mlflow_run.log_model_weights(out / "supernet.pt")
+        log.info("search %s found %s (val top-1 %.2f, %d skipped steps)", name, summary["formula"],
+                 last["val_top1"], result.skipped_steps)
+    checkpoint.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,230 @@
+"""params.yaml -> typed parameters: defaults and presets load; every kind of mistake is one clear line."""
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import SCHEMA, ParamsError, load_params, parse_params
+from pipeline.genotype import RELU
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def project(tmp_path, raw) -> tuple[Path, dict]:
+    """A project root in tmp_path with a tiny stand-in data archive, and params pointing at it."""
+    (tmp_path / "cifar.tar.gz").write_bytes(b"not read by the config check")
+    raw = copy.deepcopy(raw)
+    raw["data"]["source"] = "cifar.tar.gz"
+    return tmp_path, raw
+
+
+def error_of(raw: dict, root: Path = ROOT, check_paths: bool = False) -> str:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw, root, check_paths=check_paths)
+    message = str(caught.value)
+    assert "\n" not in message, f"the error must be one line: {message!r}"
+    return message
+
+
+def test_the_committed_defaults_load_and_describe_the_whole_study():
+    params = load_params(ROOT / "params.yaml", check_paths=False)
+    assert set(params.search.optimizers) == {"darts", "gdas", "drnas"}
+    assert set(params.search.spaces) == {"simple", "complex"}
+    assert set(params.evaluate.networks) == {"resnet8", "resnet20"}
+    assert set(params.evaluate.baselines) == {"relu", "swish"} and len(params.evaluate.seeds) >= 2
+    assert list(params.activations()) == ["relu", "swish", "darts-simple", "darts-complex", "gdas-simple",
+                                          "gdas-complex", "drnas-simple", "drnas-complex"]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_is_a_complete_valid_params_file(preset):
+    load_params(preset, check_paths=False, root=ROOT)
+
+
+def test_the_full_preset_is_the_published_protocol():
+    params = load_params(ROOT / "presets" / "full.yaml", check_paths=False, root=ROOT)
+    assert params.data.train_size is None and params.data.test_size is None
+    assert params.search.epochs >= 50 and len(params.evaluate.seeds) >= 3
+    train = params.evaluate.train_config(seed=0)
+    assert (train.epochs, train.lr, train.momentum, train.weight_decay, train.schedule) == (200, 0.1, 0.9, 5e-4,
+                                                                                             "cosine")
+
+
+def test_search_config_takes_each_optimizers_own_section(raw):
+    raw["search"]["gdas"] = {"tau_max": 5.0, "tau_min": 0.5}
+    raw["search"]["darts"] = {"second_order": True}
+    params = parse_params(raw, ROOT, check_paths=False)
+    gdas = params.search.config("gdas", "complex", "cpu")
+    assert (gdas.optimizer, gdas.space, gdas.tau_max, gdas.tau_min, gdas.device) == ("gdas", "complex", 5.0, 0.5, "cpu")
+    assert gdas.second_order is False  # second order belongs to DARTS alone
+    assert params.search.config("darts", "simple").second_order is True
+    assert params.search.config("drnas", "simple").drnas_regularizer == raw["search"]["drnas"]["regularizer"]
+
+
+def test_unknown_key_names_it_suggests_the_fix_and_lists_the_allowed_keys(raw):
+    raw["search"]["epochz"] = 3
+    message = error_of(raw)
+    assert "search.epochz" in message and "did you mean search.epochs" in message and "'epochs'" in message
+
+
+def test_unknown_section_is_rejected(raw):
+    raw["serach"] = {}
+    message = error_of(raw)
+    assert "serach" in message and "did you mean search" in message
+
+
+def test_missing_key_is_named(raw):
+    del raw["evaluate"]["lr"]
+    assert "evaluate.lr is missing" in error_of(raw)
+
+
+def test_bad_optimizer_names_key_value_and_choices(raw):
+    raw["search"]["optimizers"] = ["darts", "dart"]
+    message = error_of(raw)
+    assert "search.optimizers[1]" in message and "'dart'" in message
+    assert "['darts', 'drnas', 'gdas']" in message
+
+
+def test_negative_epochs_names_key_value_and_range(raw):
+    raw["evaluate"]["epochs"] = -3
+    message = error_of(raw)
+    assert "evaluate.epochs" in message and "-3" in message and "integer >= 1" in message
+
+
+def test_boolean_is_not_a_number(raw):
+    raw["search"]["lr"] = True
+    assert "search.lr = True" in error_of(raw)
+
+
+def test_bad_operator_set_lists_the_allowed_operators(raw):
+    raw["search"]["op_set"] = {"unary": ["relu", "sqaure"], "binary": ["add"]}
+    message = error_of(raw)
+    assert "search.op_set" in message and "sqaure" in message and "'square'" in message
+    raw["search"]["op_set"] = "graf"
+    message = error_of(raw)
+    assert "'graf'" in message and "grafs" in message and "poster" in message
+
+
+def test_missing_data_path_names_key_value_and_what_is_accepted(project):
+    root, raw = project
+    raw["data"]["source"] = "no/such/cifar.tar.gz"
+    message = error_of(raw, root, check_paths=True)
+    assert "data.source" in message and "no/such/cifar.tar.gz" in message and ".tar.gz" in message
+    assert str(root / "no/such/cifar.tar.gz") in message
+
+
+def test_data_source_must_be_an_archive_or_a_folder(project):
+    root, raw = project
+    (root / "notes.txt").write_text("x")
+    raw["data"]["source"] = "notes.txt"
+    assert "cifar-10-batches-py" in error_of(raw, root, check_paths=True)
+
+
+def test_torchvision_source_explains_the_one_off_download(project):
+    root, raw = project
+    raw["data"]["source"] = "torchvision"
+    message = error_of(raw, root, check_paths=True)
+    assert "python -m stages.prepare --download" in message and "data.source" in message
+
+
+def test_existing_local_source_passes(project):
+    root, raw = project
+    params = parse_params(raw, root, check_paths=True)
+    assert params.source_path() == (root / "cifar.tar.gz").resolve()
+
+
+def test_search_splits_must_fit_in_the_training_subset(raw):
+    raw["data"]["train_size"] = 1000
+    raw["data"]["search_train_size"], raw["data"]["search_val_size"] = 600, 600
+    message = error_of(raw)
+    assert "1200" in message and "data.train_size = 1000" in message
+
+
+def test_search_split_must_hold_a_full_batch(raw):
+    raw["data"]["search_val_size"] = raw["search"]["batch_size"] - 1
+    assert "data.search_val_size" in error_of(raw)
+
+
+def test_the_librarys_search_validation_is_reused(raw):
+    raw["search"]["warmup_epochs"] = raw["search"]["epochs"]
+    message = error_of(raw)
+    assert message.startswith("params.yaml: search.warmup_epochs")
+
+
+def test_the_librarys_training_validation_is_reused_under_the_params_key(raw):
+    raw["evaluate"]["milestones"] = [1]  # with the cosine schedule
+    message = error_of(raw)
+    assert "evaluate.milestones" in message and "TrainConfig" not in message and "multistep" in message
+
+
+def test_unavailable_device_is_rejected_before_any_work(raw):
+    raw["study"]["device"] = "tpu"
+    message = error_of(raw)
+    assert "study.device" in message and "'tpu'" in message and "cpu" in message
+
+
+def test_custom_activation_needs_its_genotype_file(project):
+    root, raw = project
+    raw["evaluate"]["custom"] = ["mine"]
+    message = error_of(raw, root, check_paths=True)
+    assert "evaluate.custom" in message and "mine" in message and "activations/mine.json" in message
+    (root / "activations").mkdir()
+    (root / "activations" / "mine.json").write_text("{not json")
+    assert "mine.json" in error_of(raw, root, check_paths=True)
+    RELU.save(root / "activations" / "mine.json")
+    assert parse_params(raw, root, check_paths=True).activations()["mine"] == "custom"
+
+
+def test_custom_names_must_not_clash_with_stage_names(raw):
+    raw["evaluate"]["custom"] = ["relu"]
+    assert "evaluate.custom = 'relu'" in error_of(raw)
+    raw["evaluate"]["custom"] = ["my-act"]
+    assert "'my-act'" in error_of(raw)
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("study:\n  experiment: [unclosed\n")
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert "\n" not in str(caught.value) and "not valid YAML" in str(caught.value)
+
+
+# --- dvc.yaml agrees with params.yaml and the stage scripts -------------------------------------------------------
+def _stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _schema_has(key: str) -> bool:
+    node = SCHEMA
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@pytest.mark.parametrize("name", list(_stages()))
+def test_each_stage_lists_its_own_script_existing_modules_and_known_params(name):
+    stage = _stages()[name]
+    module = re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1)
+    assert f"stages/{module}.py" in stage["deps"]
+    for dep in stage["deps"]:
+        if dep.startswith(("pipeline/", "stages/")):
+            assert (ROOT / dep).is_file(), dep
+    for key in stage.get("params", []):
+        for optimizer in ("darts", "gdas", "drnas"):
+            key = key.replace("${item.optimizer}", optimizer)
+            assert _schema_has(key), f"{name} lists unknown param {key}"
+    # Execution settings never invalidate results (docs/pipeline.md).
+    assert not any(key.startswith(("study.", "preflight.")) or key == "data.cache_dir"
+                   for key in stage.get("params", []))

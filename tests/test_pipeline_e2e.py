@@ -1,0 +1,152 @@
+"""End to end: the real `dvc repro` on a copy of the project with the CI preset and real CIFAR-10 images.
+
+Checks the results table, the DVC metric, the MLflow runs (tags, metrics, artifacts), that a second `dvc repro`
+runs nothing, and that changing one evaluation param reruns only the evaluate stages and aggregate. A custom
+activation, 1e6 * x, diverges inside the pipeline: its status reaches the metric, MLflow and the table while the
+other rows stay complete (issue 6).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPLODING = {"space": "simple", "ops": {"u1": "scale", "u2": "zero", "b1": "left"}, "betas": {"u1": 1.0e6}}
+GIT = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", "-c", "commit.gpgsign=false"]
+
+
+def project_files() -> list[str]:
+    """Tracked files plus untracked, not ignored ones: what a fresh clone of the current work would hold."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    return sorted(name for name in set(listed) if (ROOT / name).is_file())
+
+
+def copy_project(destination: Path) -> Path:
+    for name in project_files():
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    (destination / "dvc.lock").unlink(missing_ok=True)  # a fresh study: no earlier state
+    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=destination, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "e2e copy"], cwd=destination, check=True)
+    return destination
+
+
+def dvc(project: Path, *args: str) -> str:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="true",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               # Compiling the fused search cell costs more than these few steps take; eager is the same math.
+               ACTSEARCH_FUSED="eager")
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{output[-6000:]}"
+    return output
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def edit_params(project: Path, change) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    change(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_archive):
+    project = copy_project(tmp_path / "project")
+    shutil.copy(project / "presets" / "ci.yaml", project / "params.yaml")
+    (project / "activations").mkdir()
+    (project / "activations" / "exploding.json").write_text(json.dumps(EXPLODING))
+
+    def ci_params(params):
+        params["data"]["source"] = str(shared_archive)
+        params["evaluate"]["custom"] = ["exploding"]
+    edit_params(project, ci_params)
+
+    first = dvc(project, "repro")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    searched = [f"{o}-{s}" for o in params["search"]["optimizers"] for s in params["search"]["spaces"]]
+    networks, seeds = params["evaluate"]["networks"], params["evaluate"]["seeds"]
+    activations = ["relu", "swish", *searched, "exploding"]
+    evaluate_stages = {f"evaluate-{origin}@{name}-{network}-{seed}" for name, origin in
+                       [("relu", "baseline"), ("swish", "baseline"), ("exploding", "custom")]
+                       + [(name, "searched") for name in searched] for network in networks for seed in seeds}
+    all_stages = ({"prepare", "aggregate"} | {f"search@{n}" for n in searched}
+                  | {f"discretize@{n}" for n in searched} | evaluate_stages)
+    assert ran_stages(first) == all_stages
+
+    # The table: a row per activation; every row has numbers except the diverging one, which shows its status.
+    table = pd.read_csv(project / "reports" / "results.csv").set_index("activation")
+    assert list(table.index) == activations
+    for network in networks:
+        column = f"{network}_top1_mean"
+        assert table.loc[activations[:-1], column].between(10, 100).all(), table[[column, f"{network}_status"]]
+        assert pd.isna(table.loc["exploding", column])
+        assert table.loc["exploding", f"{network}_status"] == f"diverged {len(seeds)}/{len(seeds)}"
+    assert table.loc[searched, "supernet_val_top1"].notna().all()
+    markdown = (project / "reports" / "results.md").read_text()
+    assert "| exploding | custom |" in markdown and "diverged" in markdown
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    assert summary["exploding"][networks[0]]["status"].startswith("diverged")
+    assert summary["relu"][networks[0]]["status"] == "ok"
+    metrics_shown = dvc(project, "metrics", "show", "--json")
+    assert "diverged" in metrics_shown
+    assert (project / "reports" / "figures" / "activations.png").is_file()
+    assert not list((project / "checkpoints").glob("*.pt")), "checkpoints are deleted after success"
+
+    check_mlflow(project, params["study"]["experiment"], all_stages, searched)
+
+    second = dvc(project, "repro")
+    assert not ran_stages(second), second
+    assert "up to date" in second or "didn't change" in second
+
+    edit_params(project, lambda p: p["evaluate"].__setitem__("epochs", p["evaluate"]["epochs"] - 1))
+    third = dvc(project, "repro")
+    assert ran_stages(third) == evaluate_stages | {"aggregate"}
+
+
+def check_mlflow(project: Path, experiment: str, stages: set[str], searched: list[str]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, "the runs go to the project's default SQLite store"
+    runs = {run.info.run_name: run for run in client.search_runs([found.experiment_id], max_results=500)}
+    assert set(runs) == stages
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
+        assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
+
+    search = runs[f"search@{searched[0]}"]
+    optimizer, space = searched[0].split("-")
+    assert (search.data.tags["optimizer"], search.data.tags["space"]) == (optimizer, space)
+    assert "formula" in search.data.tags
+    assert {"val_top1", "val_top5", "train_loss", "lr", "entropy.u1", "weight.u1.relu"} <= set(search.data.metrics)
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"history.csv", "history.json", "weights"}
+
+    exploding = next(run for name, run in runs.items() if name.startswith("evaluate-custom@exploding"))
+    assert exploding.data.tags["status"] == "diverged" and exploding.data.tags["activation"] == "exploding"
+    relu = next(run for name, run in runs.items() if name.startswith("evaluate-baseline@relu"))
+    assert relu.data.tags["status"] == "ok"
+    assert {"activation", "network", "seed"} <= set(relu.data.tags)
+    history = client.get_metric_history(relu.info.run_id, "test_top1")
+    assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 2
+    assert {a.path for a in client.list_artifacts(relu.info.run_id)} >= {"history.csv", "genotype.json",
+                                                                          "metrics.json", "weights"}
+    aggregate = runs["aggregate"]
+    assert {a.path for a in client.list_artifacts(aggregate.info.run_id)} >= {"results.csv", "results.md",
+                                                                              "summary.json", "figures"}

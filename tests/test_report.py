@@ -1,0 +1,130 @@
+"""The results table, DVC metric and figures, from hand-made stage outputs in tmp_path."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from pipeline.genotype import RELU, SWISH, Genotype
+from pipeline.report import ReportError, read_runs, results_markdown, results_table, write_report
+
+NETWORKS = ("resnet8", "resnet20")
+SEEDS = (0, 1)
+SEARCHED = Genotype("simple", ("identity", "tanh", "mul"), (None, None, None))  # x*tanh(x)
+ORIGINS = {"relu": "baseline", "swish": "baseline", "darts-simple": "searched", "boom": "custom"}
+FORMULAS = {"relu": RELU.formula(), "swish": SWISH.formula(), "darts-simple": SEARCHED.formula(), "boom": "1000*x"}
+# (activation, network, seed) -> (status, top1, top5, seconds per epoch)
+RUNS = {
+    ("relu", "resnet8", 0): ("ok", 80.0, 98.0, 10.0), ("relu", "resnet8", 1): ("ok", 82.0, 99.0, 12.0),
+    ("relu", "resnet20", 0): ("ok", 90.0, 99.5, 20.0), ("relu", "resnet20", 1): ("ok", 91.0, 99.7, 20.0),
+    ("swish", "resnet8", 0): ("ok", 81.0, 98.5, 16.5), ("swish", "resnet8", 1): ("ok", 83.0, 98.9, 16.5),
+    ("swish", "resnet20", 0): ("ok", 90.5, 99.6, 30.0), ("swish", "resnet20", 1): ("failed_to_learn", 12.0, 55.0, 30.0),
+    ("darts-simple", "resnet8", 0): ("ok", 79.0, 97.0, 22.0), ("darts-simple", "resnet8", 1): ("ok", 79.0, 97.0, 22.0),
+    ("darts-simple", "resnet20", 0): ("ok", 88.0, 99.0, 40.0),
+    ("darts-simple", "resnet20", 1): ("ok", 89.0, 99.2, 40.0),
+    ("boom", "resnet8", 0): ("diverged", math.nan, math.nan, 1.0), ("boom", "resnet8", 1): ("diverged", math.nan,
+                                                                                          math.nan, 1.0),
+    ("boom", "resnet20", 0): ("diverged", math.nan, math.nan, 2.0), ("boom", "resnet20", 1): ("diverged", math.nan,
+                                                                                            math.nan, 2.0),
+}
+EPOCHS = 3
+
+
+def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def results(tmp_path):
+    """results/ as the evaluate, discretize and search stages leave it."""
+    root = tmp_path / "results"
+    for (activation, network, seed), (status, top1, top5, seconds) in RUNS.items():
+        folder = root / "evaluate" / activation / network / f"seed{seed}"
+        epochs_run = 1 if status == "diverged" else EPOCHS
+        write_json(folder / "metrics.json", {
+            "activation": activation, "origin": ORIGINS[activation], "network": network, "seed": seed,
+            "formula": FORMULAS[activation], "status": status, "test_top1": None if math.isnan(top1) else top1,
+            "test_top5": None if math.isnan(top5) else top5, "epoch_time_s": seconds + 5.0,
+            "steady_epoch_time_s": seconds, "epochs": EPOCHS,
+            "epochs_run": epochs_run})
+        pd.DataFrame({"epoch": range(1, epochs_run + 1), "train_loss": [2.0 - 0.3 * e for e in range(epochs_run)],
+                      "test_top1": [top1 - 10 * (epochs_run - e) for e in range(1, epochs_run + 1)]}
+                     ).to_csv(folder / "history.csv", index=False)
+        genotype = {"relu": RELU, "swish": SWISH, "darts-simple": SEARCHED}.get(
+            activation, Genotype("simple", ("scale", "zero", "left"), (1000.0, None, None)))
+        genotype.save(folder / "genotype.json")
+    discretized = root / "discretize" / "darts-simple"
+    write_json(discretized / "discretize.json", {
+        "formula": SEARCHED.formula(), "equivalence": None, "supernet_val_top1": 61.5,
+        "discretized_val_top1": 58.0, "discretization_gap_top1": 3.5})
+    SEARCHED.save(discretized / "genotype.json")
+    history = [{"epoch": e, "val_top1": 40.0 + e,
+                "operator_weights": {"u1": {"identity": 0.3 + 0.1 * e, "tanh": 0.7 - 0.1 * e},
+                                     "u2": {"identity": 0.5, "tanh": 0.5},
+                                     "b1": {"add": 0.6 - 0.1 * e, "mul": 0.4 + 0.1 * e}},
+                "entropy": {"u1": 0.9, "u2": 1.0, "b1": 0.95 - 0.1 * e}} for e in (1, 2)]
+    write_json(root / "search" / "darts-simple" / "history.json", history)
+    return root
+
+
+def test_one_row_per_activation_with_mean_std_and_seed_counts(results):
+    runs = read_runs(results, list(ORIGINS), NETWORKS, SEEDS)
+    table = results_table(runs, ORIGINS, NETWORKS, {"darts-simple": {"supernet_val_top1": 61.5,
+                                                                     "discretization_gap_top1": 3.5}})
+    assert list(table["activation"]) == list(ORIGINS)
+    relu = table.set_index("activation").loc["relu"]
+    assert relu["resnet8_top1_mean"] == pytest.approx(81.0)
+    assert relu["resnet8_top1_std"] == pytest.approx(math.sqrt(2.0))  # sample std of 80, 82
+    assert relu["resnet8_top5_mean"] == pytest.approx(98.5)
+    assert relu["resnet8_time_rel_relu"] == pytest.approx(1.0)
+    assert (relu["resnet8_seeds_ok"], relu["resnet8_seeds"], relu["resnet8_status"]) == (2, 2, "ok")
+    searched = table.set_index("activation").loc["darts-simple"]
+    assert searched["origin"] == "darts + simple" and searched["formula"] == SEARCHED.formula()
+    assert searched["resnet8_time_rel_relu"] == pytest.approx(2.0)  # 22 s vs ReLU's mean 11 s
+    assert (searched["supernet_val_top1"], searched["discretization_gap"]) == (61.5, 3.5)
+
+
+def test_failed_seeds_are_left_out_of_the_numbers_and_named(results):
+    table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
+    swish = table.set_index("activation").loc["swish"]
+    assert swish["resnet20_top1_mean"] == pytest.approx(90.5) and math.isnan(swish["resnet20_top1_std"])
+    assert (swish["resnet20_seeds_ok"], swish["resnet20_status"]) == (1, "failed_to_learn 1/2")
+    boom = table.set_index("activation").loc["boom"]
+    assert math.isnan(boom["resnet8_top1_mean"]) and boom["resnet8_status"] == "diverged 2/2"
+    assert math.isnan(boom["resnet8_time_rel_relu"])  # a diverged run's partial epoch says nothing about speed
+
+
+def test_markdown_shows_status_instead_of_numbers_and_keeps_other_rows_complete(results):
+    table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
+    lines = {line.split(" | ")[0].strip("| "): line for line in results_markdown(table, NETWORKS).splitlines()
+             if line.startswith("| ") and " | " in line}
+    assert "81.00 ± 1.41 (n=2)" in lines["relu"]
+    assert "90.50 (n=1; failed_to_learn 1/2)" in lines["swish"]
+    assert lines["boom"].count("diverged 2/2") == 4 and "n=" not in lines["boom"]
+    assert "`x*tanh(x)`" in lines["darts-simple"] and "79.00 ± 0.00 (n=2)" in lines["darts-simple"]
+
+
+def test_write_report_writes_table_metric_and_figures(results, tmp_path):
+    reports = tmp_path / "reports"
+    summary = write_report(results, reports, ORIGINS, NETWORKS, SEEDS)
+    table = pd.read_csv(reports / "results.csv")
+    assert list(table["activation"]) == list(ORIGINS)
+    assert json.loads((reports / "summary.json").read_text()) == summary
+    assert summary["relu"]["resnet20"]["top1_mean"] == pytest.approx(90.5)
+    assert summary["boom"]["resnet8"] == {"top1_mean": None, "top1_std": None, "top5_mean": None, "top5_std": None,
+                                          "seeds_ok": 0, "seeds": 2, "status": "diverged 2/2", "time_rel_relu": None}
+    assert summary["darts-simple"]["discretization_gap"] == 3.5 and "discretization_gap" not in summary["relu"]
+    assert "the searched activation" in table.set_index("activation").loc["boom", "equivalence"]  # 1000*x: affine
+    figures = reports / "figures"
+    expected = ["activations.png", "search_val_top1.png", "training_test_top1_resnet8.png",
+                "training_train_loss_resnet20.png", "search/darts-simple_weights_u1.png",
+                "search/darts-simple_weights_b1.png", "search/darts-simple_entropy.png"]
+    for name in expected:
+        assert (figures / name).stat().st_size > 1000, name
+
+
+def test_a_missing_run_is_a_clear_error(results):
+    (results / "evaluate" / "relu" / "resnet8" / "seed1" / "metrics.json").unlink()
+    with pytest.raises(ReportError, match=r"relu/resnet8/seed1/metrics.json is missing"):
+        read_runs(results, list(ORIGINS), NETWORKS, SEEDS)
