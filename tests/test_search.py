@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import fused
 from pipeline.architect import Architect
 from pipeline.augment import BatchLoader
 from pipeline.cell import MixedActivation, SearchCell, Supernet, discretized_network
@@ -67,6 +68,7 @@ def test_gdas_is_one_hot_with_straight_through_gradients_and_anneals():
 
 
 def test_gdas_computes_only_the_sampled_operator(monkeypatch):
+    # The plain reference cell: count the operator calls.
     calls = []
     for name in SMALL_OPS["unary"]:
         op = UNARY[name]
@@ -75,10 +77,28 @@ def test_gdas_computes_only_the_sampled_operator(monkeypatch):
     cell = SearchCell("simple", SMALL_OPS, HardGumbel())
     site = MixedActivation(cell, 4)
     cell.relaxation.resample(cell.alpha_dict())
-    with cell.forward_pass():
-        site(torch.randn(2, 4, 3, 3))
     sampled = [SMALL_OPS["unary"][cell.relaxation.index[e]] for e in ("u1", "u2")]
+    previous = fused.get_mode()
+    fused.set_mode("off")
+    try:
+        with cell.forward_pass():
+            site(torch.randn(2, 4, 3, 3))
+    finally:
+        fused.set_mode(previous)
     assert sorted(calls) == sorted(sampled)  # one operator per unary edge, no more
+    # The fused cell is handed exactly the sampled operator on every edge.
+    seen = []
+    real = fused.fused_cell
+    monkeypatch.setattr(fused, "fused_cell", lambda space, candidates, *rest, **kw: seen.append(candidates)
+                        or real(space, candidates, *rest, **kw))
+    fused.set_mode("eager")
+    try:
+        with cell.forward_pass():
+            site(torch.randn(2, 4, 3, 3))
+    finally:
+        fused.set_mode(previous)
+    assert seen and [list(c) for c in seen[0]] == [[sampled[0]], [sampled[1]],
+                                                   [SMALL_OPS["binary"][cell.relaxation.index["b1"]]]]
 
 
 @pytest.mark.parametrize("optimizer", ["darts", "gdas", "drnas"])
