@@ -11,11 +11,14 @@ before (fused cells off) as the reference, and the share of a step spent loading
 
 Method
 - Time: median of --steps timed steps after --warmup untimed ones (the first untimed step compiles the fused
-  kernels; its time is reported as compile_s). Random data; images/s = batch / median step time.
+  kernels: compile_s is the warmup time beyond that many median steps). GDAS draws a new cell every step and
+  compiles each operator's kernel the first time it is drawn: its warmup draws the same cells as its timed
+  steps (the steady state of a long search). Random data; images/s = batch / median step time.
 - Memory: on CPU each (network, variant) runs in a forked child; peak_mem_mb is its peak resident set size
   (getrusage ru_maxrss) after the timed steps, so it includes the ~0.4 GB of interpreter and libraries every
   variant shares. On CUDA, torch.cuda.max_memory_allocated after resetting the peak stats.
-- On CUDA: channels_last and bf16 autocast, and an estimate of the full GPU protocol's wall time.
+- On CUDA: channels_last and bf16 autocast. On any device: an estimate of the full protocol's wall time
+  (presets/full.yaml) extrapolated from the measured step times.
 The ratios come from one run, so they hold for the load the machine had then (printed); absolute numbers on a
 shared machine do not.
 """
@@ -42,7 +45,7 @@ from pipeline import fused  # noqa: E402
 from pipeline.architect import Architect  # noqa: E402
 from pipeline.augment import BatchLoader  # noqa: E402
 from pipeline.device import autocast_context, resolve_device  # noqa: E402
-from pipeline.genotype import SWISH, Genotype  # noqa: E402
+from pipeline.genotype import Genotype  # noqa: E402
 from pipeline.metrics import MetricAccumulator  # noqa: E402
 from pipeline.models import build_resnet  # noqa: E402
 from pipeline.search import SearchConfig, _weight_step, build_supernet  # noqa: E402
@@ -63,14 +66,19 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the ratios depend on it)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5, quick 3)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 4, quick 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first one compiles)")
     p.add_argument("--networks", default=None, help="comma-separated (default resnet8,resnet20; quick resnet8)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time, which a loaded machine's time-slicing leaves intact; "
+                        "meaningful with --threads 1 on CPU only")
     args = p.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.warmup < 1 or (args.steps is not None and args.steps < 1):
         p.error("--batch, --threads, --warmup and --steps must be positive")
-    args.steps = args.steps or (3 if args.quick else 5)
+    args.steps = args.steps or (3 if args.quick else 4)
     args.networks = (args.networks or ("resnet8" if args.quick else "resnet8,resnet20")).split(",")
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1 (with more threads CPU time includes OpenMP's busy waiting)")
     return args
 
 
@@ -80,6 +88,7 @@ class Bench:
         self.args, self.device = args, device
         self.cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     def sync(self):
         if self.cuda:
@@ -93,16 +102,22 @@ class Bench:
     def prepare(self, model: nn.Module) -> nn.Module:
         return model.to(self.device, memory_format=self.memory_format)
 
-    def timed(self, step, warmup: int, steps: int) -> tuple[float, float]:
-        """(first warmup step's seconds, median step seconds)."""
+    def timed(self, step, warmup: int, steps: int, replay=None) -> tuple[float, float]:
+        """(compile seconds, median step seconds). The first warmup step compiles the fused kernels; with
+        `replay` (a GDAS relaxation) the warmup draws the same operator samples as the timed steps, so that the
+        operator kernels those samples need are compiled before timing (steady state of a long search)."""
+        state = replay.generator.get_state() if replay is not None else None
         times = []
         for i in range(warmup + steps):
+            if replay is not None and i == warmup:
+                replay.generator.set_state(state)
             self.sync()
-            started = time.perf_counter()
+            started = self.clock()
             step()
             self.sync()
-            times.append(time.perf_counter() - started)
-        return times[0], statistics.median(times[warmup:])
+            times.append(self.clock() - started)
+        median = statistics.median(times[warmup:])
+        return sum(times[:warmup]) - warmup * median, median
 
     def peak_mb(self) -> float:
         if self.cuda:
@@ -119,6 +134,7 @@ class Bench:
         args, batch = self.args, self.args.batch
         self.reset_peak()
         x, y = self.batch(batch)
+        replay = None
         if variant in SUPERNETS or variant == "darts-simple (plain)":
             optimizer, space = variant.split(" ")[0].split("-")
             cfg = SearchConfig(optimizer=optimizer, space=space, network=network, batch_size=batch,
@@ -127,6 +143,7 @@ class Bench:
             opt = torch.optim.SGD(model.weight_parameters() + model.beta_parameters(), lr=cfg.lr,
                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             acc = MetricAccumulator()
+            replay = model.relaxation if model.relaxation.hard else None
 
             def step():
                 model.relaxation.resample(model.cell.alpha_dict())
@@ -150,7 +167,8 @@ class Bench:
 
         model.train()
         with fused.using("off" if variant.endswith("(plain)") else "auto"):
-            compile_s, step_s = self.timed(step, args.warmup, args.steps)
+            warmup = args.steps if replay is not None else args.warmup
+            compile_s, step_s = self.timed(step, warmup, args.steps, replay)
             record = {"network": network, "variant": variant, "kind": "train_step", "batch": batch,
                       "images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "compile_s": compile_s,
                       "peak_mem_mb": self.peak_mb()}
@@ -179,7 +197,9 @@ class Bench:
             architect.step(xv, yv, x, y, weight_lr=cfg.lr, weight_decay=cfg.weight_decay)
             _weight_step(model, opt, x, y, cfg, self.device, acc)
 
-        compile_s, iteration_s = self.timed(iteration, self.args.warmup, max(2, self.args.steps - 2))
+        steps = 2
+        replay = model.relaxation if model.relaxation.hard else None
+        compile_s, iteration_s = self.timed(iteration, steps if replay else self.args.warmup, steps, replay)
         return {"network": network, "variant": variant, "kind": "search_iteration", "batch": SEARCH_BATCH,
                 "images_per_s": SEARCH_BATCH / iteration_s, "step_ms": 1e3 * iteration_s, "compile_s": compile_s}
 
@@ -254,21 +274,22 @@ def finish(records, args, device, seconds, load_before):
                 r["mem_ratio_to_relu"] = r["peak_mem_mb"] / base["peak_mem_mb"]
         r.setdefault("device", str(device))
         r.setdefault("threads", args.threads)
+        r.setdefault("clock", args.clock)
     for r in records:
         if r.get("kind") == "data_loading":
             for network, base in relu.items():
                 r[f"share_of_step_{network}"] = r["step_ms"] / (r["step_ms"] + base["step_ms"])
     print_table(records, device, args, seconds, load_before)
-    if device.type == "cuda":
-        print_protocol_estimate(records)
+    print_targets(records)
+    print_protocol_estimate(records, device)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
         print(f"wrote {args.json}")
 
 
 def print_table(records, device, args, seconds, load_before):
-    print(f"\ndevice {device}, {args.threads} threads, batch {args.batch}, load average {load_before[0]:.2f} before / "
-          f"{os.getloadavg()[0]:.2f} after, {seconds:.0f} s")
+    print(f"\ndevice {device}, {args.threads} threads, batch {args.batch}, {args.clock} clock, load average "
+          f"{load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after, {seconds:.0f} s")
     print(f"{'network':9s} {'variant':24s} {'kind':17s} {'img/s':>7s} {'x ReLU':>7s} {'ms':>8s} {'peak MB':>8s} "
           f"{'x ReLU':>7s} {'compile s':>9s}")
     for r in records:
@@ -283,7 +304,31 @@ def print_table(records, device, args, seconds, load_before):
                 print(f"{'':9s} loading + augmentation = {100 * share:.1f}% of a {key[14:]} ReLU step")
 
 
-def print_protocol_estimate(records):
+TARGETS = (  # (what, variants, the record field, bound, at least?) from the project's issue 5
+    ("DARTS/DrNAS supernet throughput", ("darts-", "drnas-"), "ratio_to_relu", 0.5, True),
+    ("GDAS supernet throughput", ("gdas-",), "ratio_to_relu", 0.85, True),
+    ("supernet peak memory", ("darts-", "gdas-", "drnas-"), "mem_ratio_to_relu", 2.0, False),
+    ("retraining a discretized function", ("genotype ",), "ratio_to_relu", 0.9, True),
+)
+
+
+def print_targets(records):
+    print("\ntargets (x ReLU, same run):")
+    steps = [r for r in records if r.get("kind") == "train_step" and "error" not in r]
+    for what, prefixes, field, bound, at_least in TARGETS:
+        for r in steps:
+            if r["variant"].startswith(prefixes) and not r["variant"].endswith("(plain)") and field in r:
+                met = r[field] >= bound if at_least else r[field] <= bound
+                print(f"  {'met   ' if met else 'MISSED'} {what:34s} {r['network']:9s} {r['variant']:24s} "
+                      f"{r[field]:5.2f} ({'>=' if at_least else '<='} {bound})")
+    for r in records:
+        for key, share in r.items():
+            if key.startswith("share_of_step_"):
+                print(f"  {'met   ' if share < 0.05 else 'MISSED'} {'data loading + augmentation':34s} "
+                      f"{key[14:]:9s} {'share of a ReLU step':24s} {share:5.3f} (< 0.05)")
+
+
+def print_protocol_estimate(records, device):
     """Full protocol (presets/full.yaml) from the measured step times: search on the search network, 50 epochs
     of 25,000 + 25,000 images for each of 6 searches; retraining 200 epochs of 50,000 images (+ 10,000 test
     images per epoch) for 6 searched + 2 baseline functions x 2 networks x 3 seeds. A searched function is
@@ -303,7 +348,7 @@ def print_protocol_estimate(records):
                 per_epoch = math.ceil(50_000 / r["batch"]) * r["step_ms"] + 10_000 / r["batch"] * r["eval_forward_ms"]
                 total += 3 * count * 200 * per_epoch / 1e3
                 lines.append(f"retrain {network} {variant} x{3 * count}: {3 * count * 200 * per_epoch / 3.6e6:.2f} h")
-    print("\nfull GPU protocol estimate (one device, runs back to back): " + f"{total / 3600:.1f} h")
+    print(f"\nfull protocol estimate on this device ({device}; runs back to back): {total / 3600:.1f} h")
     for line in lines:
         print("  " + line)
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -25,6 +24,7 @@ from pipeline.device import resolve_device
 from pipeline.genotype import BASELINES, BETA_MODES, SPACES, Genotype
 from pipeline.models import DEPTHS
 from pipeline.ops import resolve_op_set
+from pipeline.param_checks import ParamsError, bad, boolean, choice, integer, list_of, number, optional, text
 from pipeline.search import OPTIMIZERS, SearchConfig
 from pipeline.sources import ARCHIVE_SUFFIXES
 from pipeline.tracking import resolve_tracking_uri
@@ -35,78 +35,7 @@ CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
 CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # '-' separates matrix values in DVC stage names
 
 
-class ParamsError(ValueError):
-    """params.yaml is wrong; the message is one line that says where, what and what is allowed."""
-
-
-def _bad(key: str, value: Any, allowed: str) -> ParamsError:
-    return ParamsError(f"params.yaml: {key} = {value!r} is invalid; allowed: {allowed}")
-
-
-# --- value checks: each takes (key, value) and returns the normalized value or raises ParamsError -------------
-Check = Callable[[str, Any], Any]
-
-
-def integer(minimum: int) -> Check:
-    def check(key, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _bad(key, value, f"an integer >= {minimum}")
-        return value
-    return check
-
-
-def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Check:
-    above = f"> {low:g}" if low_open else f">= {low:g}"
-    allowed = f"a number {above}" + ("" if high == math.inf else f" and {'<' if high_open else '<='} {high:g}")
-
-    def check(key, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise _bad(key, value, allowed)
-        ok_low = value > low if low_open else value >= low
-        ok_high = value < high if high_open else value <= high
-        if not (ok_low and ok_high):
-            raise _bad(key, value, allowed)
-        return float(value)
-    return check
-
-
-def choice(options) -> Check:
-    options = sorted(options)
-
-    def check(key, value):
-        if value not in options:
-            raise _bad(key, value, f"one of {options}")
-        return value
-    return check
-
-
-def boolean(key, value):
-    if not isinstance(value, bool):
-        raise _bad(key, value, "true or false")
-    return value
-
-
-def text(key, value):
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(key, value, "a non-empty string")
-    return value
-
-
-def optional(inner: Check) -> Check:
-    return lambda key, value: None if value is None else inner(key, value)
-
-
-def list_of(inner: Check, allow_empty: bool = False) -> Check:
-    def check(key, value):
-        if not isinstance(value, list) or (not value and not allow_empty):
-            raise _bad(key, value, "a list" + ("" if allow_empty else " with at least one entry"))
-        items = [inner(f"{key}[{i}]", item) for i, item in enumerate(value)]
-        if len(set(map(repr, items))) != len(items):
-            raise _bad(key, value, "a list without repeated entries")
-        return tuple(items)
-    return check
-
-
+# --- checks that need the library (pipeline.param_checks holds the generic ones) -----------------------------
 def device(key, value):
     try:
         resolve_device(text(key, value))
@@ -126,13 +55,13 @@ def op_set(key, value):
 def arch_betas(key, value):
     if not (isinstance(value, list) and len(value) == 2 and all(
             not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1 for v in value)):
-        raise _bad(key, value, "two numbers in [0, 1), Adam's (beta1, beta2), e.g. [0.5, 0.999]")
+        raise bad(key, value, "two numbers in [0, 1), Adam's (beta1, beta2), e.g. [0.5, 0.999]")
     return tuple(float(v) for v in value)
 
 
 def custom_name(key, value):
     if not isinstance(value, str) or not CUSTOM_NAME.match(value):
-        raise _bad(key, value, f"a name of lower-case letters, digits and '_' (the file {CUSTOM_DIR}/<name>.json)")
+        raise bad(key, value, f"a name of lower-case letters, digits and '_' (the file {CUSTOM_DIR}/<name>.json)")
     return value
 
 
@@ -170,7 +99,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
 def _check_section(schema: dict, values: Any, prefix: str) -> dict:
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(values, dict):
-        raise _bad(prefix.rstrip(".") or "params.yaml", values, f"a mapping with keys {sorted(schema)}")
+        raise bad(prefix.rstrip(".") or "params.yaml", values, f"a mapping with keys {sorted(schema)}")
     for key in values:
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1)
@@ -314,8 +243,8 @@ class Params:
                 | {name: "custom" for name in self.evaluate.custom})
 
 
-_SECTIONS = {"study": StudyParams, "preflight": PreflightParams, "data": DataParams, "search": SearchParams, "discretize": DiscretizeParams,
-             "evaluate": EvaluateParams}
+_SECTIONS = {"study": StudyParams, "preflight": PreflightParams, "data": DataParams, "search": SearchParams,
+             "discretize": DiscretizeParams, "evaluate": EvaluateParams}
 
 
 def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
@@ -328,7 +257,8 @@ def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
     return params
 
 
-def load_params(path: str | Path = "params.yaml", check_paths: bool = True, root: str | Path | None = None) -> Params:
+def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
+                root: str | Path | None = None) -> Params:
     """Read and validate params.yaml; its relative paths are relative to `root`, by default the file's folder."""
     path = Path(path)
     try:
@@ -347,18 +277,18 @@ def _check_consistency(params: Params) -> None:
     data, search, evaluate = params.data, params.search, params.evaluate
     train_size = data.train_size or CIFAR_TRAIN_IMAGES
     if data.train_size is not None and data.train_size > CIFAR_TRAIN_IMAGES:
-        raise _bad("data.train_size", data.train_size, f"null (all) or at most {CIFAR_TRAIN_IMAGES}")
+        raise bad("data.train_size", data.train_size, f"null (all) or at most {CIFAR_TRAIN_IMAGES}")
     if data.test_size is not None and data.test_size > CIFAR_TEST_IMAGES:
-        raise _bad("data.test_size", data.test_size, f"null (all) or at most {CIFAR_TEST_IMAGES}")
+        raise bad("data.test_size", data.test_size, f"null (all) or at most {CIFAR_TEST_IMAGES}")
     if data.search_train_size + data.search_val_size > train_size:
-        raise _bad("data.search_train_size + data.search_val_size", data.search_train_size + data.search_val_size,
+        raise bad("data.search_train_size + data.search_val_size", data.search_train_size + data.search_val_size,
                    f"at most data.train_size = {train_size} (the search splits are cut from the training subset)")
     for key, size in (("data.search_train_size", data.search_train_size),
                       ("data.search_val_size", data.search_val_size)):
         if size < search.batch_size:
-            raise _bad(key, size, f">= search.batch_size = {search.batch_size} (batches are full)")
+            raise bad(key, size, f">= search.batch_size = {search.batch_size} (batches are full)")
     if train_size < evaluate.batch_size:
-        raise _bad("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
+        raise bad("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
     for optimizer in search.optimizers:
         for space in search.spaces:
             try:
@@ -372,25 +302,25 @@ def _check_consistency(params: Params) -> None:
     taken = set(evaluate.baselines) | set(search.names())
     for name in evaluate.custom:
         if name in taken or name in BASELINES:
-            raise _bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>")
+            raise bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>")
 
 
 def _check_paths(params: Params) -> None:
     source = params.data.source
     if source == "torchvision":
-        raise _bad("data.source", source, "a local path that DVC can hash; download once with "
+        raise bad("data.source", source, "a local path that DVC can hash; download once with "
                    "`python -m stages.prepare --download data/torchvision` (needs internet), then set "
                    "data.source: data/torchvision/cifar-10-batches-py")
     path = params.source_path()
     kinds = f"an archive ({', '.join(ARCHIVE_SUFFIXES)}), a cifar-10-batches-py folder or a train/ test/ image tree"
     if not path.exists():
-        raise _bad("data.source", source, f"an existing path ({path} does not exist): {kinds}")
+        raise bad("data.source", source, f"an existing path ({path} does not exist): {kinds}")
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise _bad("data.source", source, kinds)
+        raise bad("data.source", source, kinds)
     for name in params.evaluate.custom:
         file = params.custom_path(name)
         if not file.is_file():
-            raise _bad("evaluate.custom", name, f"names of genotype files in {CUSTOM_DIR}/ ({file} does not exist)")
+            raise bad("evaluate.custom", name, f"names of genotype files in {CUSTOM_DIR}/ ({file} does not exist)")
         try:
             Genotype.load(file)
         except ValueError as err:

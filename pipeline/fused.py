@@ -13,11 +13,15 @@ plain PyTorch (eager) or compiled by torch.compile (inductor: one vectorized C++
 Values and gradients equal the plain cell's within float rounding (tests/test_fused.py).
 
 Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
-- "auto" (default): compile when a batch has at least AUTO_COMPILE_MIN_BATCH samples and the cell's operators
-  are fixed for the run (DARTS, DrNAS, a genotype); eager otherwise. GDAS samples a new cell every step, and a
-  kernel compiled per sample would not pay back its compile time; small batches (tests) are not worth one.
+- "auto" (default): compile for batches of AUTO_COMPILE_MIN_BATCH samples and more, run eagerly below (tests:
+  a compile costs 5-60 s on a 2-core CPU, more than a few small steps gain). Compiled means one kernel for the
+  whole cell when its operators are fixed for the run (DARTS, DrNAS, a genotype), and for GDAS, whose cell
+  changes every step, the cell run eagerly with one compiled kernel per operator (compiled the first time the
+  operator is drawn, ~1 s each, reused from then on).
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
-A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs eagerly from then on.
+Compiled kernels are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR), so a second process compiles in a
+fraction of the time. A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
+eagerly from then on.
 """
 from __future__ import annotations
 
@@ -29,14 +33,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from pipeline.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, make_plan
+from pipeline.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, edge_kernel, make_plan
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "compile", "eager", "off")
 AUTO_COMPILE_MIN_BATCH = 64
-# All kernels come from the same two functions; dynamo keeps compiled variants per code object and by default
-# runs eagerly after 8. Variants differ by cell, candidates, needed gradients and tensor ranks.
-_RECOMPILE_LIMIT = 64
+# All kernels come from three functions; dynamo keeps compiled variants per code object and by default runs
+# eagerly after 8. Variants differ by cell, candidates, operator, needed gradients and tensor ranks.
+_RECOMPILE_LIMIT = 256
 
 _state = {"mode": os.environ.get("ACTSEARCH_FUSED", "auto")}
 
@@ -96,19 +100,31 @@ _KERNELS: dict[tuple, Callable] = {}
 
 def _raise_recompile_limit() -> None:
     config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(config, name) and getattr(config, name) < _RECOMPILE_LIMIT:
-            setattr(config, name, _RECOMPILE_LIMIT)
+    for name, limit in (("recompile_limit", _RECOMPILE_LIMIT), ("accumulated_recompile_limit", 4 * _RECOMPILE_LIMIT)):
+        if getattr(config, name, limit) < limit:
+            setattr(config, name, limit)
 
 
-def _kernel(kind: str, static: tuple, compiled: bool) -> Callable:
+def _kernel(kind: str, static: tuple, compiled: bool, op_kernels: bool = False) -> Callable:
+    """A cell kernel: the whole cell compiled, or run eagerly (with compiled per-operator kernels if
+    `op_kernels`)."""
     base = cell_forward if kind == "forward" else cell_backward
 
     def eager(*tensors):
-        return base(*static, *tensors)
+        return base(*static, *tensors, op_kernels=_op_kernel if op_kernels else None)
 
     if not compiled:
         return eager
+    return _compiled(kind, static, lambda *tensors: base(*static, *tensors))
+
+
+def _op_kernel(name: str, unary: bool, keep: tuple, with_tangent: bool) -> Callable:
+    """A lone operator's value and derivatives in one compiled pass (for GDAS's changing cells)."""
+    static = (name, unary, keep, with_tangent)
+    return _compiled("operator", static, lambda inputs, tangents, beta: edge_kernel(*static, inputs, tangents, beta))
+
+
+def _compiled(kind: str, static: tuple, eager: Callable) -> Callable:
     key = (kind, static)
     if key not in _KERNELS:
         _raise_recompile_limit()
@@ -184,18 +200,15 @@ def _split(spec: CellSpec, params: Sequence[torch.Tensor]):
 
 class _FusedCell(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: CellSpec, compiled: bool, x, *params):
+    def forward(ctx, spec: CellSpec, plan: Plan, compiled: bool, op_kernels: bool, x, *params):
         ws, betas = _split(spec, params)
-        needs = iter(ctx.needs_input_grad[3:])
-        need_w = [weighted and bool(next(needs)) for weighted in spec.weighted]
-        need_beta = [[present and bool(next(needs)) for present in row] for row in spec.has_beta]
-        plan = make_plan(spec, ctx.needs_input_grad[2], need_w, need_beta)
         layout = _Layout(x, per_channel=any(b is not None and b.dim() > 0 for row in betas for b in row))
-        ctx.spec, ctx.plan, ctx.compiled, ctx.layout, ctx.num_params = spec, plan, compiled, layout, len(params)
+        ctx.spec, ctx.plan, ctx.layout, ctx.num_params = spec, plan, layout, len(params)
+        ctx.compiled, ctx.op_kernels = compiled, op_kernels
         # Kernels see detached views: no autograd inside, and no requires_grad for a compiled kernel to guard on.
         ws = [None if w is None else w.detach() for w in ws]
         betas = [[None if b is None else layout.beta(b.detach()) for b in row] for row in betas]
-        out, nodes, derivatives = _kernel("forward", (spec, plan), compiled)(
+        out, nodes, derivatives = _kernel("forward", (spec, plan), compiled, op_kernels)(
             layout.view(x.detach()).to(_compute_dtype(x)), ws, betas)
         ctx.num_nodes = len(nodes)
         # Saved: what backward reads (plan), never the candidates' outputs. A weight step of the simple space
@@ -219,10 +232,9 @@ class _FusedCell(torch.autograd.Function):
             betas = [[layout.beta(b) for b in row] for row in betas]
             x_view = None if x is None else layout.view(x).to(dtype)
             local = derivatives[1:] if plan.need_x else derivatives
-            grad_w, grad_b = _kernel("backward", (spec, plan, layout.reduce_dim), ctx.compiled)(
+            grad_w, grad_b = _kernel("backward", (spec, plan, layout.reduce_dim), ctx.compiled, ctx.op_kernels)(
                 x_view, nodes, local, ws, betas, grad_view)
-            w_grads = [None if g is None else g.reshape(-1, g.shape[-1]).sum(0)  # (..., candidates) -> (k,)
-                       for g, weighted in zip(grad_w, spec.weighted) if weighted]
+            w_grads = [g for g, weighted in zip(grad_w, spec.weighted) if weighted]
             b_grads = [grad_b[e][k] for e, row in enumerate(spec.has_beta) for k, present in enumerate(row)
                        if present]
             b_grads = [None if g is None else layout.finish(g, p) for g, p in zip(b_grads, params[len(w_grads):])]
@@ -230,7 +242,7 @@ class _FusedCell(torch.autograd.Function):
         # grad_x outside the kernel: inductor does not fuse this product with the reductions there; it would
         # store and reload every adjoint they share (3 passes over memory instead of 1).
         gx = layout.restore((grad_view * derivatives[0]).to(grad.dtype)) if plan.need_x else None
-        return (None, None, gx, *flat)
+        return (None, None, None, None, gx, *flat)
 
 
 def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequence[Optional[torch.Tensor]],
@@ -242,10 +254,15 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     spec = CellSpec(tuple(tuple(names) for names in candidates), tuple(w is not None for w in weights),
                     tuple(tuple(b is not None for b in row) for row in betas), graph, result)
     mode = get_mode()
-    compiled = mode == "compile" or (mode == "auto" and fixed_ops and x.dim() > 0
-                                     and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
+    compile_ = mode == "compile" or (mode == "auto" and x.dim() > 0 and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
     params = [w for w in weights if w is not None] + [b for row in betas for b in row if b is not None]
-    return _FusedCell.apply(spec, compiled, x, *params)
+    # From requires_grad here, not in forward: there needs_input_grad ignores torch.no_grad() (evaluation).
+    track = torch.is_grad_enabled()
+    plan = make_plan(spec, track and x.requires_grad,
+                     [track and w is not None and w.requires_grad for w in weights],
+                     [[track and b is not None and b.requires_grad for b in row] for row in betas])
+    # A changing cell (GDAS) runs eagerly, each operator as a compiled kernel of its own.
+    return _FusedCell.apply(spec, plan, compile_ and fixed_ops, compile_ and not fixed_ops, x, *params)
 
 
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -120,25 +120,65 @@ def _weight(ws, e: int, k: int):
     return None if ws[e] is None else ws[e][k]
 
 
-def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas):
-    """(output, the kept inner node values, [d output / dx if needed] + the kept local and beta derivatives)."""
+def value_and_partials(name: str, unary: bool, t, a, c, beta, with_partials: bool):
+    """One candidate: (value, its partial derivatives wrt each input, or () without `with_partials`)."""
+    op = UNARY_GRADS[name] if unary else BINARY_GRADS[name]
+    if not unary:
+        return op.value(a, c, beta), (op.partials(a, c, beta) if with_partials else ())
+    if beta is None:  # the same for every edge reading this input (u1, u2 and u4 all read x): compute once
+        value = t.get(f"value:{name}", lambda: op.value(t, beta))
+        return value, ((t.get(f"dx:{name}", lambda: op.dx(t, beta)),) if with_partials else ())
+    return op.value(t, beta), ((op.dx(t, beta),) if with_partials else ())
+
+
+def edge_kernel(name: str, unary: bool, keep: tuple, with_tangent: bool, inputs, tangents, beta):
+    """A lone candidate on an edge (GDAS), unweighted: (value, the partials flagged in `keep`, and with
+    `with_tangent` its derivative with respect to x, sum_i partial_i * tangents[i], else None). Compiled per
+    operator, it replaces a dozen eager passes over memory by one."""
+    t = Terms(inputs[0]) if unary else None
+    a, c = (None, None) if unary else inputs
+    value, partials = value_and_partials(name, unary, t, a, c, beta, with_tangent or any(keep))
+    tangent = None
+    if with_tangent:
+        tangent = 0.0
+        for partial, input_tangent in zip(partials, tangents):
+            tangent = _add(tangent, _mul(partial, input_tangent))
+    return value, [p for p, k in zip(partials, keep) if k], tangent
+
+
+def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas, op_kernels=None):
+    """(output, the kept inner node values, [d output / dx if needed] + the kept local and beta derivatives).
+    `op_kernels(name, unary, keep, with_tangent)`, if given, returns a compiled `edge_kernel` for edges with a
+    single candidate."""
     values, tangents, terms, kept_local, kept_dbeta = [x], [1.0], {}, [], []
     for e, ((inputs, _), names) in enumerate(zip(spec.graph, spec.candidates)):
         unary = len(inputs) == 1
+        if op_kernels is not None and len(names) == 1:
+            w, beta, edge_inputs = _weight(ws, e, 0), betas[e][0], [values[n] for n in inputs]
+            tangents_in = [tangents[n] for n in inputs] if plan.need_x else []
+            value, kept, tangent = op_kernels(names[0], unary, plan.keep_local[e], plan.need_x)(
+                edge_inputs, tangents_in, beta)
+            if w is not None:  # GDAS's one-hot weight, when the arch step needs its gradient
+                value, kept = _mul(w, value), [_mul(w, d) for d in kept]
+                tangent = None if tangent is None else _mul(w, tangent)
+            values.append(x.new_zeros(()) if isinstance(value, float) else value)
+            tangents.append(tangent)
+            kept_local += [_as_tensor(d, x) for d in kept]
+            if plan.keep_dbeta[e][0]:
+                kept_dbeta.append(_as_tensor(BINARY_GRADS[names[0]].dbeta(*edge_inputs, beta), x))
+            continue
         with_partials = plan.need_x or any(plan.keep_local[e])
         total, partial_sums = _Sum(), [_Sum() for _ in inputs]
         t = terms.setdefault(inputs[0], Terms(values[inputs[0]])) if unary else None
         a, c = (None, None) if unary else (values[inputs[0]], values[inputs[1]])
         for k, name in enumerate(names):
             w, beta = _weight(ws, e, k), betas[e][k]
-            op = UNARY_GRADS[name] if unary else BINARY_GRADS[name]
-            total.add(w, op.value(t, beta) if unary else op.value(a, c, beta), x)
+            value, partials = value_and_partials(name, unary, t, a, c, beta, with_partials)
+            total.add(w, value, x)
             if plan.keep_dbeta[e][k]:
-                kept_dbeta.append(_as_tensor(op.dbeta(a, c, beta), x))
-            if with_partials:
-                partials = (op.dx(t, beta),) if unary else op.partials(a, c, beta)
-                for partial_sum, partial in zip(partial_sums, partials):
-                    partial_sum.add(w, partial, x)
+                kept_dbeta.append(_as_tensor(BINARY_GRADS[name].dbeta(a, c, beta), x))
+            for partial_sum, partial in zip(partial_sums, partials):
+                partial_sum.add(w, partial, x)
         value = total.result()
         values.append(x.new_zeros(()) if isinstance(value, float) else value)
         derivatives = [partial_sum.result() for partial_sum in partial_sums]
@@ -155,10 +195,11 @@ def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas):
     return out, kept_nodes, ([_as_tensor(tangents[-1], x)] if plan.need_x else []) + kept_local + kept_dbeta
 
 
-def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, kept_local, ws, betas, grad):
-    """(weight grads per edge, beta grads per edge and candidate), each summed over `reduce_dim` only (the
-    caller sums the rest: a reduction over one dimension parallelizes over the batch when compiled); None
-    where not needed. `x` is None unless `plan.keep_nodes[0]`; grad_x is the caller's grad * d output / dx."""
+def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, kept_local, ws, betas, grad,
+                  op_kernels=None):
+    """(weight grads per edge, beta grads per edge and candidate); None where not needed. Beta grads are summed
+    over `reduce_dim` only (the caller sums the rest: a reduction over one dimension parallelizes over the batch
+    when compiled). `x` is None unless `plan.keep_nodes[0]`; grad_x is the caller's grad * d output / dx."""
     kept_nodes, kept_local = iter(kept_nodes), iter(kept_local)
     values = [x] + [next(kept_nodes) if keep else None for keep in plan.keep_nodes[1:]]
     local = [[next(kept_local) if keep else None for keep in row] for row in plan.keep_local]
@@ -178,9 +219,11 @@ def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, ke
         for k, name in enumerate(names):
             w, beta = _weight(ws, e, k), betas[e][k]
             op = UNARY_GRADS[name] if unary else BINARY_GRADS[name]
-            if plan.need_w[e]:
-                value = op.value(t, beta) if unary else op.value(a, c, beta)
-                edge_grad_w.append((g * value).sum(reduce_dim))
+            if plan.need_w[e]:  # sum(g * value) for each candidate (a stacked matrix-vector product measured 3x slower)
+                value = (value_and_partials(name, unary, t, a, c, beta, False)[0] if op_kernels is None else
+                         op_kernels(name, unary, (False,) * len(inputs), False)([values[n] for n in inputs], [],
+                                                                                 beta)[0])
+                edge_grad_w.append((g * value).sum() if isinstance(value, torch.Tensor) else g.new_zeros(()))
             if plan.need_beta[e][k]:
                 dbeta = saved_dbeta[e][k]
                 if dbeta is None:
@@ -192,7 +235,7 @@ def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, ke
                     beta_sums[key] = (g * dbeta if isinstance(dbeta, torch.Tensor) else g).sum(reduce_dim)
                 grad_b[e][k] = beta_sums[key] if w is None else w * beta_sums[key]
         if plan.need_w[e]:
-            grad_w[e] = torch.stack(edge_grad_w, dim=-1)  # (..., candidates)
+            grad_w[e] = torch.stack(edge_grad_w)  # (candidates,)
         for node, derivative in zip(inputs, local[e]):
             if derivative is not None:
                 adjoints[node] = _add(adjoints.get(node, 0.0), _mul(g, derivative))

@@ -45,8 +45,8 @@ def test_relu_resnet8_learns_cifar10_subset(cifar):
 @pytest.mark.parametrize("optimizer", ["darts", "gdas", "drnas"])
 @pytest.mark.parametrize("space", ["simple", "complex"])
 def test_short_search_on_cifar10(cifar, optimizer, space, tmp_path):
-    subset = balanced_subset(cifar.train_labels, 512, seed=0)
-    train_idx, val_idx = split_indices(len(subset), 256, 256, seed=0)
+    subset = balanced_subset(cifar.train_labels, 256, seed=0)
+    train_idx, val_idx = split_indices(len(subset), 128, 128, seed=0)
     images, labels = cifar.train_images[subset], cifar.train_labels[subset]
     train = BatchLoader(images[train_idx], labels[train_idx], 64, shuffle=True, augment=True, seed=0)
     val = BatchLoader(images[val_idx], labels[val_idx], 64, shuffle=True, augment=False, seed=1)

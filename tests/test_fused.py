@@ -190,6 +190,40 @@ def test_saves_a_few_tensors_not_every_candidate():
     assert plain >= 4 * fast
 
 
+@pytest.mark.parametrize("beta_mode", ["scalar", "channel"])
+@pytest.mark.parametrize("space", ["simple", "complex"])
+def test_gdas_per_operator_kernels_match_the_plain_cell(space, beta_mode, monkeypatch, formulas):
+    """The path GDAS takes when compiling: the cell eagerly, each drawn operator through `edge_kernel` (run
+    uncompiled here, so the orchestration is tested in seconds; the slow test compiles it)."""
+    from pipeline.fused_kernels import edge_kernel
+
+    monkeypatch.setattr(fused, "_op_kernel", lambda *static: lambda *tensors: edge_kernel(*static, *tensors))
+    net = supernet("gdas", space, beta_mode)
+    site, params = net.sites()[1], [*net.arch_parameters(), *net.beta_parameters()]
+    for _ in range(3):  # three samples, beta-carrying operators included with good odds
+        net.relaxation.resample(net.cell.alpha_dict())
+        x = inputs(shape=(2, 16, 4, 4))
+        want, got = site_output(net, site, x, "off"), site_output(net, site, x, "compile")
+        assert torch.allclose(got, want, **TIGHT)
+        assert_same(grads(got, [x, *params]), grads(want, [x, *params]), TIGHT, (space, beta_mode))
+
+
+def test_evaluation_computes_no_derivatives(monkeypatch):
+    calls = []
+    for name, grad in list(fused_ops.UNARY_GRADS.items()):
+        counted = (lambda fn, n: lambda *args: calls.append(n) or fn(*args))(grad.dx, name)
+        monkeypatch.setitem(fused_ops.UNARY_GRADS, name, dataclasses.replace(grad, dx=counted))
+    net = supernet("darts", "simple", "scalar", torch.float32)
+    x = inputs(torch.float32, shape=(2, 16, 4, 4))
+    with torch.no_grad():
+        site_output(net, net.sites()[1], x, "eager")
+    assert calls == []
+    site_output(net, net.sites()[1], x, "eager")
+    # With gradients: each derivative once for x, which u1 and u2 share; those with a beta once per edge.
+    names = net.cell.candidates["u1"]
+    assert len(calls) == len(names) + sum(UNARY[n].has_beta for n in names)
+
+
 def test_gdas_computes_only_the_sampled_operators(monkeypatch):
     calls = []
     for name, grad in list(fused_ops.UNARY_GRADS.items()):
@@ -288,3 +322,18 @@ def test_compiled_kernels_match_eager(beta_mode):
     compiled = site_output(net, site, x, "compile")
     assert torch.allclose(compiled, eager, **FLOAT32)
     assert_same(grads(compiled, params), grads(eager, params), dict(rtol=1e-3, atol=1e-4), beta_mode)
+
+
+@pytest.mark.slow
+def test_gdas_operator_kernels_match_eager():
+    """GDAS in compile mode: the cell runs eagerly, each sampled operator as a compiled kernel of its own."""
+    small = {"unary": ["sqrt", "asinh", "gelu", "scale"], "binary": ["sigmul", "interp", "max"]}
+    net = supernet("gdas", "complex", "scalar", torch.float32, small)
+    site, x = net.sites()[1], inputs(torch.float32, shape=(4, 16, 4, 4))
+    for _ in range(3):
+        net.relaxation.resample(net.cell.alpha_dict())
+        params = [x, *net.arch_parameters(), *net.beta_parameters()]
+        eager, compiled = site_output(net, site, x, "eager"), site_output(net, site, x, "compile")
+        assert torch.allclose(compiled, eager, **FLOAT32)
+        assert_same(grads(compiled, params), grads(eager, params), dict(rtol=1e-3, atol=1e-4), "gdas")
+
