@@ -47,7 +47,7 @@ from pipeline.augment import BatchLoader  # noqa: E402
 from pipeline.device import autocast_context, resolve_device  # noqa: E402
 from pipeline.genotype import Genotype  # noqa: E402
 from pipeline.metrics import MetricAccumulator  # noqa: E402
-from pipeline.models import build_resnet  # noqa: E402
+from pipeline.models import DEPTHS, build_resnet  # noqa: E402
 from pipeline.search import SearchConfig, _weight_step, build_supernet  # noqa: E402
 from pipeline.train import parameter_groups  # noqa: E402
 
@@ -77,6 +77,9 @@ def parse_args(argv=None):
         p.error("--batch, --threads, --warmup and --steps must be positive")
     args.steps = args.steps or (3 if args.quick else 4)
     args.networks = (args.networks or ("resnet8" if args.quick else "resnet8,resnet20")).split(",")
+    unknown = [n for n in args.networks if n not in DEPTHS]
+    if unknown:
+        p.error(f"unknown network(s) {unknown}; choose from {sorted(DEPTHS)}")
     if args.clock == "cpu" and args.threads != 1:
         p.error("--clock cpu needs --threads 1 (with more threads CPU time includes OpenMP's busy waiting)")
     return args
@@ -167,8 +170,9 @@ class Bench:
 
         model.train()
         with fused.using("off" if variant.endswith("(plain)") else "auto"):
-            warmup = args.steps if replay is not None else args.warmup
-            compile_s, step_s = self.timed(step, warmup, args.steps, replay)
+            # GDAS: twice the steps, as each draws another cell; the warmup draws the same cells first.
+            steps = 2 * args.steps if replay is not None else args.steps
+            compile_s, step_s = self.timed(step, steps if replay is not None else args.warmup, steps, replay)
             record = {"network": network, "variant": variant, "kind": "train_step", "batch": batch,
                       "images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "compile_s": compile_s,
                       "peak_mem_mb": self.peak_mb()}
@@ -239,7 +243,10 @@ def run_in_child(job):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise SystemExit(f"throughput.py: error: {err}") from None
     # On CPU every job runs in a forked child: the parent must not have started OpenMP threads, so it computes
     # nothing itself. CUDA contexts do not survive fork; there peak memory is reset per job instead.
     bench = Bench(args, device)

@@ -13,6 +13,7 @@ operator, and the intermediates several operators share (exp(x), sigmoid(x), ...
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from pipeline.fused_ops import BINARY_GRADS, UNARY_GRADS, Terms
