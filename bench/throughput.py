@@ -11,12 +11,19 @@ before (fused cells off) as the reference, and the share of a step spent loading
 
 Method
 - Time: median of --steps timed steps after --warmup untimed ones (the first untimed step compiles the fused
-  kernels: compile_s is the warmup time beyond that many median steps). GDAS draws a new cell every step and
-  compiles each operator's kernel the first time it is drawn: its warmup draws the same cells as its timed
-  steps (the steady state of a long search). Random data; images/s = batch / median step time.
-- Memory: on CPU each (network, variant) runs in a forked child; peak_mem_mb is its peak resident set size
-  (getrusage ru_maxrss) after the timed steps, so it includes the ~0.4 GB of interpreter and libraries every
-  variant shares. On CUDA, torch.cuda.max_memory_allocated after resetting the peak stats.
+  kernels: compile_s is the warmup time beyond that many median steps). Each timed step is followed by a step
+  of a ReLU network kept for the whole run, and ratio_to_relu is the ratio of the two medians: this machine's
+  speed drifts by tens of percent within a minute, which neighbouring steps share (the relu row's own ratio
+  shows what is left of that noise). GDAS draws a new cell every step and compiles each operator's kernel the
+  first time it is drawn: its warmup draws the same cells as its timed steps (the steady state of a long
+  search). Random data; images/s = batch / median step time.
+- Memory: one more step after the timed ones. On CPU, peak_mem_mb is what a fresh process would peak at: its
+  resident size at start (interpreter and libraries, ~0.4 GB) + the variant's weights, buffers, gradients and
+  optimizer state + the step's growth of the resident size (Linux VmHWM, reset through /proc/self/clear_refs,
+  after malloc_trim has returned freed memory to the system). On CUDA, torch.cuda.max_memory_allocated after
+  resetting the peak stats.
+- Every variant runs in this one process, so variants that share a fused kernel (DARTS and DrNAS, ResNet8 and
+  ResNet20, training and search) compile it once.
 - On CUDA: channels_last and bf16 autocast. On any device: an estimate of the full protocol's wall time
   (presets/full.yaml) extrapolated from the measured step times.
 The ratios come from one run, so they hold for the load the machine had then (printed); absolute numbers on a
@@ -25,10 +32,11 @@ shared machine do not.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import time
@@ -62,11 +70,12 @@ SEARCH_NETWORK, SEARCH_BATCH = "resnet8", 64  # presets/full.yaml
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the records to this file")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown (the README's) to this file")
     p.add_argument("--quick", action="store_true", help="ResNet8 only, fewer steps (a smoke run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the ratios depend on it)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 4, quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5, quick 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first one compiles)")
     p.add_argument("--networks", default=None, help="comma-separated (default resnet8,resnet20; quick resnet8)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -75,7 +84,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.warmup < 1 or (args.steps is not None and args.steps < 1):
         p.error("--batch, --threads, --warmup and --steps must be positive")
-    args.steps = args.steps or (3 if args.quick else 4)
+    args.steps = args.steps or (3 if args.quick else 5)
     args.networks = (args.networks or ("resnet8" if args.quick else "resnet8,resnet20")).split(",")
     unknown = [n for n in args.networks if n not in DEPTHS]
     if unknown:
@@ -85,6 +94,35 @@ def parse_args(argv=None):
     return args
 
 
+def _proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _persistent_mb(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+    """Weights, buffers, gradients and optimizer state: held between steps, so in the resident size a step starts
+    from (on CPU the peak is measured as the step's growth over that)."""
+    tensors = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None),
+               *(t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _release_and_reset_peak():
+    """Return freed memory to the system and reset the peak resident size; the resident MB after that, or None
+    where the system cannot (not Linux)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current resident size (Linux >= 4.0)
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return None
+
+
 # --- one measurement ----------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args, device: torch.device):
@@ -92,6 +130,10 @@ class Bench:
         self.cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         self.clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        # CPU memory: a fresh process's resident size (None where it cannot be measured, see peak_mb).
+        self.process_mb = None if self.cuda else _release_and_reset_peak()
+        self.step_base_mb = None
+        self.references: dict[str, object] = {}
 
     def sync(self):
         if self.cuda:
@@ -105,80 +147,113 @@ class Bench:
     def prepare(self, model: nn.Module) -> nn.Module:
         return model.to(self.device, memory_format=self.memory_format)
 
-    def timed(self, step, warmup: int, steps: int, replay=None) -> tuple[float, float]:
-        """(compile seconds, median step seconds). The first warmup step compiles the fused kernels; with
-        `replay` (a GDAS relaxation) the warmup draws the same operator samples as the timed steps, so that the
-        operator kernels those samples need are compiled before timing (steady state of a long search)."""
+    def _time(self, step) -> float:
+        self.sync()
+        started = self.clock()
+        step()
+        self.sync()
+        return self.clock() - started
+
+    def timed(self, step, warmup: int, steps: int, replay=None, reference=None) -> tuple[float, float, float]:
+        """(compile seconds, median step seconds, median reference step seconds or nan). The first warmup step
+        compiles the fused kernels; with `replay` (a GDAS relaxation) the warmup draws the same operator samples
+        as the timed steps, so that the operator kernels those samples need are compiled before timing (steady
+        state of a long search). A `reference` step (ReLU) is timed right after each timed step: the machine's
+        speed drifts by tens of percent over a minute here, and a ratio of neighbouring steps cancels it."""
         state = replay.generator.get_state() if replay is not None else None
-        times = []
+        times, reference_times = [], []
         for i in range(warmup + steps):
             if replay is not None and i == warmup:
                 replay.generator.set_state(state)
-            self.sync()
-            started = self.clock()
-            step()
-            self.sync()
-            times.append(self.clock() - started)
+            times.append(self._time(step))
+            if reference is not None and i >= warmup:
+                reference_times.append(self._time(reference))
         median = statistics.median(times[warmup:])
-        return sum(times[:warmup]) - warmup * median, median
-
-    def peak_mb(self) -> float:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return (sum(times[:warmup]) - warmup * median, median,
+                statistics.median(reference_times) if reference_times else math.nan)
 
     def reset_peak(self):
+        """Before the memory step: freed memory back to the system, and the peak counter reset."""
         if self.cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.step_base_mb = _release_and_reset_peak()
 
-    def step_record(self, network: str, variant: str) -> dict:
-        """Time the training step of one variant; for supernets on the search network also a search iteration."""
-        args, batch = self.args, self.args.batch
-        self.reset_peak()
-        x, y = self.batch(batch)
-        replay = None
+    def peak_mb(self, persistent_mb: float) -> float:
+        """Peak memory of the step since `reset_peak` (CPU: as a fresh process would have it, see the module's
+        docstring; nan where it cannot be measured)."""
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.step_base_mb is None or self.process_mb is None:
+            return math.nan
+        return self.process_mb + persistent_mb + _proc_status_mb("VmHWM") - self.step_base_mb
+
+    def training_step(self, network: str, variant: str, x, y):
+        """(model, one training step, GDAS relaxation or None, optimizer) for a variant."""
         if variant in SUPERNETS or variant == "darts-simple (plain)":
             optimizer, space = variant.split(" ")[0].split("-")
-            cfg = SearchConfig(optimizer=optimizer, space=space, network=network, batch_size=batch,
+            cfg = SearchConfig(optimizer=optimizer, space=space, network=network, batch_size=len(x),
                                device=str(self.device), amp=self.cuda)
             model = self.prepare(build_supernet(cfg))
             opt = torch.optim.SGD(model.weight_parameters() + model.beta_parameters(), lr=cfg.lr,
                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             acc = MetricAccumulator()
-            replay = model.relaxation if model.relaxation.hard else None
 
             def step():
                 model.relaxation.resample(model.cell.alpha_dict())
                 _weight_step(model, opt, x, y, cfg, self.device, acc)
+            model.train()
+            return model, step, (model.relaxation if model.relaxation.hard else None), opt
+        if variant == "relu":
+            model = build_resnet(network)
+        elif variant == "swish":
+            model = build_resnet(network, lambda channels: nn.SiLU())
         else:
-            if variant == "relu":
-                model = build_resnet(network)
-            elif variant == "swish":
-                model = build_resnet(network, lambda channels: nn.SiLU())
-            else:
-                model = build_resnet(network, GENOTYPES[variant.split(" ", 1)[1]].factory("scalar", True))
-            model = self.prepare(model)
-            opt = torch.optim.SGD(parameter_groups(model, 5e-4), lr=0.1, momentum=0.9)
+            model = build_resnet(network, GENOTYPES[variant.split(" ", 1)[1]].factory("scalar", True))
+        model = self.prepare(model)
+        opt = torch.optim.SGD(parameter_groups(model, 5e-4), lr=0.1, momentum=0.9)
 
-            def step():
-                opt.zero_grad(set_to_none=True)
-                with autocast_context(self.device, self.cuda):
-                    loss = F.cross_entropy(model(x).float(), y)
-                loss.backward()
-                opt.step()
-
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast_context(self.device, self.cuda):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
         model.train()
+        return model, step, None, opt
+
+    def reference_step(self, network: str):
+        """The ReLU training step every variant of `network` is compared with (built once, kept)."""
+        if network not in self.references:
+            x, y = self.batch(self.args.batch, seed=3)
+            self.references[network] = self.training_step(network, "relu", x, y)[1]
+        return self.references[network]
+
+    def step_record(self, network: str, variant: str) -> dict:
+        """Time the training step of one variant against ReLU's, then its peak memory in one more step; for
+        supernets on the search network also a search iteration."""
+        args, batch = self.args, self.args.batch
+        reference = self.reference_step(network)
+        x, y = self.batch(batch)
+        model, step, replay, opt = self.training_step(network, variant, x, y)
         with fused.using("off" if variant.endswith("(plain)") else "auto"):
             # GDAS: twice the steps, as each draws another cell; the warmup draws the same cells first.
             steps = 2 * args.steps if replay is not None else args.steps
-            compile_s, step_s = self.timed(step, steps if replay is not None else args.warmup, steps, replay)
+            state = replay.generator.get_state() if replay is not None else None
+            compile_s, step_s, relu_s = self.timed(step, steps if replay is not None else args.warmup, steps,
+                                                   replay, reference)
+            if replay is not None:
+                replay.generator.set_state(state)  # a cell compiled above: no compiler memory in the peak
+            self.reset_peak()
+            self._time(step)
+            peak_mb = self.peak_mb(_persistent_mb(model, opt))
             record = {"network": network, "variant": variant, "kind": "train_step", "batch": batch,
-                      "images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "compile_s": compile_s,
-                      "peak_mem_mb": self.peak_mb()}
+                      "images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "relu_step_ms": 1e3 * relu_s,
+                      "ratio_to_relu": relu_s / step_s, "compile_s": compile_s, "peak_mem_mb": peak_mb}
             model.eval()
             with torch.no_grad(), autocast_context(self.device, self.cuda):
-                _, forward_s = self.timed(lambda: model(x), 1, 2)
+                _, forward_s, _ = self.timed(lambda: model(x), 1, 2)
             record["eval_forward_ms"] = 1e3 * forward_s
             records = [record]
             if variant in SUPERNETS and network == SEARCH_NETWORK:
@@ -188,13 +263,14 @@ class Bench:
     def search_record(self, model, variant: str, network: str) -> dict:
         """One search iteration: the architecture step on a validation batch, then the weight step."""
         optimizer, space = variant.split("-")
-        cfg = SearchConfig(optimizer=optimizer, space=space, network=network, batch_size=SEARCH_BATCH,
+        search_batch = min(SEARCH_BATCH, self.args.batch)  # a smaller --batch (smoke runs) shrinks it too
+        cfg = SearchConfig(optimizer=optimizer, space=space, network=network, batch_size=search_batch,
                            device=str(self.device), amp=self.cuda)
         model.train()
         opt = torch.optim.SGD(model.weight_parameters() + model.beta_parameters(), lr=cfg.lr, momentum=cfg.momentum)
         architect = Architect(model, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
                               train_betas=False, autocast=lambda: autocast_context(self.device, cfg.amp))
-        (x, y), (xv, yv), acc = self.batch(SEARCH_BATCH, 1), self.batch(SEARCH_BATCH, 2), MetricAccumulator()
+        (x, y), (xv, yv), acc = self.batch(search_batch, 1), self.batch(search_batch, 2), MetricAccumulator()
 
         def iteration():
             model.relaxation.resample(model.cell.alpha_dict())
@@ -203,9 +279,9 @@ class Bench:
 
         steps = 2
         replay = model.relaxation if model.relaxation.hard else None
-        compile_s, iteration_s = self.timed(iteration, steps if replay else self.args.warmup, steps, replay)
-        return {"network": network, "variant": variant, "kind": "search_iteration", "batch": SEARCH_BATCH,
-                "images_per_s": SEARCH_BATCH / iteration_s, "step_ms": 1e3 * iteration_s, "compile_s": compile_s}
+        compile_s, iteration_s, _ = self.timed(iteration, steps if replay else self.args.warmup, steps, replay)
+        return {"network": network, "variant": variant, "kind": "search_iteration", "batch": search_batch,
+                "images_per_s": search_batch / iteration_s, "step_ms": 1e3 * iteration_s, "compile_s": compile_s}
 
     def loading_record(self) -> dict:
         """Seconds per batch of BatchLoader with augmentation on uint8 images (CIFAR-sized)."""
@@ -215,58 +291,39 @@ class Bench:
         loader = BatchLoader(images, labels, self.args.batch, shuffle=True, augment=True, drop_last=True,
                              device=self.device, channels_last=self.cuda)
         batches = iter(loader)
-        _, batch_s = self.timed(lambda: next(batches), 2, 20)
+        _, batch_s, _ = self.timed(lambda: next(batches), 2, 20)
         return {"network": "-", "variant": "BatchLoader(augment=True)", "kind": "data_loading",
                 "batch": self.args.batch, "images_per_s": self.args.batch / batch_s, "step_ms": 1e3 * batch_s}
 
 
 # --- running the jobs -----------------------------------------------------------------------------------------
-def run_in_child(job):
-    """Run job() in a forked child (fresh peak RSS, nothing left behind); returns its records."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read)
-        try:
-            payload = json.dumps(job())
-        except BaseException as err:  # noqa: BLE001 - report any failure as a record
-            payload = json.dumps([{"error": f"{type(err).__name__}: {err}"}])
-        with os.fdopen(write, "w") as out:
-            out.write(payload)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as source:
-        payload = source.read()
-    os.waitpid(pid, 0)
-    return json.loads(payload)
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
         raise SystemExit(f"throughput.py: error: {err}") from None
-    # On CPU every job runs in a forked child: the parent must not have started OpenMP threads, so it computes
-    # nothing itself. CUDA contexts do not survive fork; there peak memory is reset per job instead.
+    torch.set_num_threads(args.threads)
     bench = Bench(args, device)
     started, load_before = time.time(), os.getloadavg()
 
-    def job(fn):
-        def run():
-            torch.set_num_threads(args.threads)
+    def job(fn, network, variant):
+        try:
             return fn()
-        return run() if device.type == "cuda" else run_in_child(run)
+        except Exception as err:  # noqa: BLE001 - one failing variant is reported as a record, the rest still run
+            return [{"network": network, "variant": variant, "error": f"{type(err).__name__}: {err}"}]
 
+    # One-time costs (thread pools, oneDNN primitives, allocator growth) would otherwise land on the first row.
+    job(lambda: bench.step_record(args.networks[0], "relu"), args.networks[0], "relu")
     records = []
     variants = ["relu", "swish", *(f"genotype {name}" for name in GENOTYPES), *SUPERNETS]
     for network in args.networks:
         for variant in variants + (["darts-simple (plain)"] if network == SEARCH_NETWORK and not args.quick else []):
-            for record in job(lambda: bench.step_record(network, variant)):
+            for record in job(lambda: bench.step_record(network, variant), network, variant):
                 records.append(record)
                 print(f"  {network:9s} {record.get('variant', variant):24s} {record.get('kind', ''):17s} "
                       f"{record.get('images_per_s', float('nan')):8.0f} img/s  {record.get('error', '')}", flush=True)
-    records += job(lambda: [bench.loading_record()])
+    records += job(lambda: [bench.loading_record()], "-", "BatchLoader(augment=True)")
     finish(records, args, device, time.time() - started, load_before)
     return records
 
@@ -276,7 +333,7 @@ def finish(records, args, device, seconds, load_before):
     for r in records:
         base = relu.get(r.get("network"))
         if base and "images_per_s" in r and r["kind"] != "data_loading":
-            r["ratio_to_relu"] = r["images_per_s"] / base["images_per_s"]
+            r.setdefault("ratio_to_relu", r["images_per_s"] / base["images_per_s"])
             if "peak_mem_mb" in r:
                 r["mem_ratio_to_relu"] = r["peak_mem_mb"] / base["peak_mem_mb"]
         r.setdefault("device", str(device))
@@ -292,6 +349,9 @@ def finish(records, args, device, seconds, load_before):
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
         print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown_table(records))
+        print(f"wrote {args.markdown}")
 
 
 def print_table(records, device, args, seconds, load_before):
@@ -309,6 +369,21 @@ def print_table(records, device, args, seconds, load_before):
         for key, share in r.items():
             if key.startswith("share_of_step_"):
                 print(f"{'':9s} loading + augmentation = {100 * share:.1f}% of a {key[14:]} ReLU step")
+
+
+def markdown_table(records) -> str:
+    lines = ["| network | variant | images/s | ratio to ReLU | peak memory (MB) | memory vs ReLU | compile (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        if "error" in r or r["kind"] == "data_loading":
+            continue
+        variant = r["variant"] + (" (search iteration)" if r["kind"] == "search_iteration" else "")
+        cells = [f"{r['images_per_s']:.0f}", f"{r.get('ratio_to_relu', math.nan):.2f}"]
+        cells += ["", ""] if r["kind"] == "search_iteration" else [f"{r['peak_mem_mb']:.0f}",
+                                                                    f"{r.get('mem_ratio_to_relu', math.nan):.2f}"]
+        cells.append(f"{max(r.get('compile_s', 0.0), 0.0):.1f}")
+        lines.append(f"| {r['network']} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 TARGETS = (  # (what, variants, the record field, bound, at least?) from the project's issue 5
@@ -345,7 +420,7 @@ def print_protocol_estimate(records, device):
     for variant in SUPERNETS:
         it, step = by.get((SEARCH_NETWORK, variant, "search_iteration")), by.get((SEARCH_NETWORK, variant, "train_step"))
         if it and step:
-            per_epoch = math.ceil(25_000 / SEARCH_BATCH) * it["step_ms"] + 25_000 / step["batch"] * step["eval_forward_ms"]
+            per_epoch = math.ceil(25_000 / it["batch"]) * it["step_ms"] + 25_000 / step["batch"] * step["eval_forward_ms"]
             total += 50 * per_epoch / 1e3
             lines.append(f"search {variant}: {50 * per_epoch / 3.6e6:.2f} h")
     for network in {r["network"] for r in records if r["network"] != "-"}:
