@@ -19,7 +19,9 @@ from pipeline.checkpoint import CheckpointError
 from pipeline.config import Params, ParamsError, load_params
 from pipeline.data import DataError
 from pipeline.preflight import PreflightError, check_free_space
-from pipeline.tracking import StageRun, TrackingError, check_tracking, flatten
+from pipeline.records import flatten
+from pipeline.tracking import StageRun
+from pipeline.tracking_store import TrackingError, check_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED_DATA = ROOT / "data" / "prepared" / "cifar10.pt"

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.analysis import (KNOWN_ACTIVATIONS, Equivalence, equivalence_warning, find_equivalent,
-                               finite_on_grid)
+from pipeline.analysis import equivalence_warning, find_equivalent, finite_on_grid
+from pipeline.known_activations import KNOWN_ACTIVATIONS, Equivalence
 from pipeline.plots import plot_activations, plot_lines, values_and_derivative
 
 BETA = 0.37

@@ -12,7 +12,8 @@ from pipeline.discretize import discretize
 from pipeline.genotype import RELU
 from pipeline.models import build_resnet
 from pipeline.search import SearchConfig, run_search
-from pipeline.train import TrainConfig, train_model
+from pipeline.train import train_model
+from pipeline.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

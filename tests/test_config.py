@@ -1,4 +1,5 @@
 """params.yaml -> typed parameters: defaults and presets load; every kind of mistake is one clear line."""
+import ast
 import copy
 import re
 from pathlib import Path
@@ -6,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import SCHEMA, ParamsError, load_params, parse_params
+from pipeline.config import ParamsError, load_params, parse_params
 from pipeline.genotype import RELU
+from pipeline.params_schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
@@ -228,3 +230,63 @@ def test_each_stage_lists_its_own_script_existing_modules_and_known_params(name)
     # Execution settings never invalidate results (docs/pipeline.md).
     assert not any(key.startswith(("study.", "preflight.")) or key == "data.cache_dir"
                    for key in stage.get("params", []))
+
+
+# Modules that decide only HOW a stage runs, never WHAT it computes. Like the execution params, they are no stage's
+# dependency (editing them reruns nothing), and the imports they make are not followed: those serve validation.
+EXECUTION_ONLY = {
+    "pipeline/tracking.py",  # MLflow run logging; no DVC output is read back from MLflow
+    "pipeline/tracking_store.py",  # which MLflow store, its reachability check, locking and retries
+    "pipeline/preflight.py",  # refuses to start on a nearly full disk; computes nothing
+    # Resume files live outside the DVC outputs, and a resumed run equals an uninterrupted one (test_train.py,
+    # test_search_resume.py): this module decides whether work is redone, not its result.
+    "pipeline/checkpoint.py",
+    # params.yaml validation: rejects bad values and hands the accepted ones on unchanged (SearchParams.config and
+    # EvaluateParams.train_config copy them field by field into SearchConfig / TrainConfig, whose modules are deps).
+    # The values themselves are the stages' DVC params. An edit to that copying needs `dvc repro -f`.
+    "pipeline/config.py",
+    "pipeline/params_schema.py",
+    "pipeline/param_checks.py",
+}
+# Not listed on purpose: pipeline/device.py seeds every RNG and turns on bf16 autocast, so it shapes results.
+
+
+def _imported_files(path: Path) -> set[str]:
+    """Project files (pipeline/*.py, stages/*.py) that a file imports, function-local imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            relative = module.replace(".", "/") + ".py"
+            if module.startswith(("pipeline.", "stages.")) and (ROOT / relative).is_file():
+                found.add(relative)
+    return found
+
+
+def _code_closure(script: str) -> set[str]:
+    """The script and every project module it imports transitively, stopping at execution-only modules."""
+    seen, pending = {script}, [script]
+    while pending:
+        for module in _imported_files(ROOT / pending.pop()) - seen - EXECUTION_ONLY:
+            seen.add(module)
+            pending.append(module)
+    return seen
+
+
+def test_execution_only_modules_exist():
+    assert all((ROOT / module).is_file() for module in EXECUTION_ONLY)
+
+
+@pytest.mark.parametrize("name", list(_stages()))
+def test_each_stage_lists_exactly_the_modules_its_script_imports(name):
+    stage = _stages()[name]
+    script = "stages/{}.py".format(re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1))
+    imported = _code_closure(script)
+    listed = {dep for dep in stage["deps"] if dep.startswith(("pipeline/", "stages/"))}
+    assert not imported - listed, f"{name} imports but does not list {sorted(imported - listed)}"
+    assert not listed - imported, f"{name} lists but never imports {sorted(listed - imported)}"

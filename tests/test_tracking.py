@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import (PARENT_RUN_ENV, StageRun, TrackingError, check_tracking, default_tracking_uri,
-                               resolve_tracking_uri, workspace_root)
+from pipeline.tracking import PARENT_RUN_ENV, StageRun
+from pipeline.tracking_store import (TrackingError, check_tracking, default_tracking_uri, resolve_tracking_uri,
+                                     workspace_root)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "mlflow_worker.py"
@@ -221,7 +222,7 @@ def _locked_error():
 
 
 def test_locked_store_is_retried_other_errors_are_not():
-    from pipeline.tracking import _retry
+    from pipeline.tracking_store import retry_when_busy
     calls = []
 
     def flaky(value):
@@ -230,7 +231,7 @@ def test_locked_store_is_retried_other_errors_are_not():
             raise _locked_error()
         return value * 2
 
-    assert _retry(flaky, 21) == 42 and calls == [21, 21, 21]
+    assert retry_when_busy(flaky, 21) == 42 and calls == [21, 21, 21]
 
     def broken():
         calls.append("broken")
@@ -238,7 +239,7 @@ def test_locked_store_is_retried_other_errors_are_not():
 
     calls.clear()
     with pytest.raises(ValueError, match="param changed"):
-        _retry(broken)
+        retry_when_busy(broken)
     assert calls == ["broken"]
 
 

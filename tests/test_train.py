@@ -16,7 +16,8 @@ from pipeline.augment import BatchLoader
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.device import resolve_device, seed_everything
 from pipeline.models import build_resnet
-from pipeline.train import TrainConfig, evaluate, learning_rate, parameter_groups, train_model
+from pipeline.train import evaluate, parameter_groups, train_model
+from pipeline.train_config import TrainConfig, learning_rate
 
 SCRIPT = Path(__file__).with_name("train_subprocess_script.py")
 REPO = Path(__file__).resolve().parents[1]

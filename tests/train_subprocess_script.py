@@ -16,7 +16,8 @@ import torch
 from pipeline.augment import BatchLoader
 from pipeline.device import seed_everything
 from pipeline.models import build_resnet
-from pipeline.train import TrainConfig, train_model
+from pipeline.train import train_model
+from pipeline.train_config import TrainConfig
 
 IMAGE_SIZE = 8  # the networks pool globally, so tiny images keep the run to a few seconds
 
