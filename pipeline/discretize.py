@@ -8,37 +8,15 @@ the discretized network right after discretization, with the same network weight
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from pipeline.analysis import equivalence_warning, find_equivalent
 from pipeline.cell import Supernet, discretized_network
-from pipeline.checkpoint import CheckpointError
 from pipeline.genotype import RELU, SWISH, Genotype
 from pipeline.plots import plot_activations
-from pipeline.search import SearchConfig, build_supernet, evaluate_supernet
+from pipeline.search import evaluate_supernet
 from pipeline.train import evaluate
-
-
-def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path) -> None:
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    torch.save({"config": config, "state_dict": supernet.state_dict()}, path)
-
-
-def load_supernet(path: Path, device: torch.device | str = "cpu") -> tuple[Supernet, SearchConfig]:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = SearchConfig(**saved["config"])
-        supernet = build_supernet(cfg)
-        supernet.load_state_dict(saved["state_dict"])
-    except FileNotFoundError:
-        raise CheckpointError(f"no searched supernet at {path}: run the search stage first (dvc repro)") from None
-    except Exception as err:
-        raise CheckpointError(f"cannot load the searched supernet {path} ({type(err).__name__}: {err}); "
-                              "delete it and rerun the search stage") from err
-    return supernet.to(device), cfg
 
 
 def activation_function(genotype: Genotype):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.architect import Architect
 from pipeline.cell import Supernet
-from pipeline.checkpoint import config_fingerprint, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.genotype import Genotype
 from pipeline.metrics import MetricAccumulator
@@ -223,3 +223,23 @@ def _weight_step(supernet: Supernet, optimizer, x, y, cfg: SearchConfig, device,
     finally:
         for p in arch:
             p.requires_grad_(True)
+
+
+# --- the search's output: the trained supernet, read back by the discretize stage ----------------------------
+def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path) -> None:
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    torch.save({"config": config, "state_dict": supernet.state_dict()}, path)
+
+
+def load_supernet(path: Path, device: torch.device | str = "cpu") -> tuple[Supernet, SearchConfig]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = SearchConfig(**saved["config"])
+        supernet = build_supernet(cfg)
+        supernet.load_state_dict(saved["state_dict"])
+    except FileNotFoundError:
+        raise CheckpointError(f"no searched supernet at {path}: run the search stage first (dvc repro)") from None
+    except Exception as err:
+        raise CheckpointError(f"cannot load the searched supernet {path} ({type(err).__name__}: {err}); "
+                              "delete it and rerun the search stage") from err
+    return supernet.to(device), cfg

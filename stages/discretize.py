@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.device import resolve_device, seed_everything
-from pipeline.discretize import discretize, load_supernet
+from pipeline.discretize import discretize
+from pipeline.search import load_supernet
 from stages.common import RESULTS, log, run, search_loaders, stage_run, start
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict
 
 from pipeline.device import resolve_device
-from pipeline.discretize import save_supernet
+from pipeline.search import save_supernet
 from pipeline.search import run_search
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, stage_run, start,
                            write_csv, write_json)

@@ -286,3 +286,24 @@ def test_darts_and_drnas_recover_a_teacher_activation(seed):
     drnas_hit, drnas_final = recover_teacher("drnas", seed, 600)
     assert drnas_hit is not None and drnas_hit <= 400
     assert drnas_final.formula() == "x*sigmoid(x)"
+
+
+def test_saved_supernet_loads_back_with_its_config_and_bad_files_are_one_clear_error(tmp_path):
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.search import load_supernet, save_supernet
+
+    cfg = SearchConfig(optimizer="drnas", space="complex", network="resnet8", arch_betas=(0.5, 0.999))
+    supernet = build_supernet(cfg)
+    with torch.no_grad():
+        next(iter(supernet.arch_parameters())).add_(1.0)  # not the initial alphas
+    save_supernet(supernet, cfg, tmp_path / "supernet.pt")
+    loaded, loaded_cfg = load_supernet(tmp_path / "supernet.pt")
+    assert loaded_cfg == cfg  # tuples survive the JSON-like round trip
+    assert loaded.genotype() == supernet.genotype()
+    for (name, a), (_, b) in zip(supernet.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="run the search stage first"):
+        load_supernet(tmp_path / "missing.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="delete it and rerun the search stage"):
+        load_supernet(tmp_path / "broken.pt")
