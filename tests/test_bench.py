@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import throughput  # noqa: E402
+from bench import measure  # noqa: E402  (throughput put the project root on the path)
 
 
 def test_quick_run_writes_a_record_per_variant(tmp_path, capsys):
@@ -39,10 +40,10 @@ def test_quick_run_writes_a_record_per_variant(tmp_path, capsys):
 def test_persistent_memory_counts_weights_gradients_and_optimizer_state():
     model = torch.nn.Linear(10, 10)  # 110 parameters
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    assert throughput._persistent_mb(model, opt) == pytest.approx(110 * 4 / 2**20)
+    assert measure._persistent_mb(model, opt) == pytest.approx(110 * 4 / 2**20)
     model(torch.ones(2, 10)).sum().backward()
     opt.step()  # gradients and momentum buffers now exist
-    assert throughput._persistent_mb(model, opt) == pytest.approx(3 * 110 * 4 / 2**20)
+    assert measure._persistent_mb(model, opt) == pytest.approx(3 * 110 * 4 / 2**20)
 
 
 @pytest.mark.parametrize("argv, message", [

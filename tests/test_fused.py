@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from pipeline import fast_math, fused, fused_ops
 from pipeline.cell import Supernet
+from pipeline.fused_genotype import native_function
 from pipeline.genotype import RELU, SWISH, Genotype
 from pipeline.ops import BINARY, UNARY
 from pipeline.relax import make_relaxation
@@ -258,11 +259,11 @@ def test_genotype_activation_matches_the_plain_cell(genotype, beta_mode, formula
 
 
 def test_genotypes_equal_to_a_builtin_run_as_the_builtin():
-    assert fused.native_function(RELU) is UNARY["relu"].fn
-    assert fused.native_function(SWISH) is UNARY["silu"].fn  # sigmul(identity, identity) = x * sigmoid(x)
-    assert fused.native_function(Genotype("complex", ("identity", "zero", "left", "tanh", "gelu", "right"),
+    assert native_function(RELU) is UNARY["relu"].fn
+    assert native_function(SWISH) is UNARY["silu"].fn  # sigmul(identity, identity) = x * sigmoid(x)
+    assert native_function(Genotype("complex", ("identity", "zero", "left", "tanh", "gelu", "right"),
                                           (None,) * 6)) is UNARY["gelu"].fn
-    assert fused.native_function(Genotype("simple", ("relu", "const", "add"), (None, 0.0, None))) is None
+    assert native_function(Genotype("simple", ("relu", "const", "add"), (None, 0.0, None))) is None
     x = inputs()
     with fused.using("eager"):
         assert torch.equal(RELU.build()(x), F.relu(x))
