@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from pipeline import fast_math, fused, fused_ops
 from pipeline.cell import Supernet
-from pipeline.fused_genotype import native_function
-from pipeline.genotype import RELU, SWISH, Genotype
+from pipeline.fused_genotype import native_function, shifted_relu
+from pipeline.genotype import RELU, SWISH, Genotype, GenotypeActivation
 from pipeline.ops import BINARY, UNARY
 from pipeline.relax import make_relaxation
 
@@ -268,6 +268,55 @@ def test_genotypes_equal_to_a_builtin_run_as_the_builtin():
     with fused.using("eager"):
         assert torch.equal(RELU.build()(x), F.relu(x))
         assert torch.allclose(SWISH.build()(x), x * torch.sigmoid(x), **TIGHT)
+
+
+SHIFTED_RELUS = {  # genotype -> what shifted_relu reads off it
+    Genotype("simple", ("relu", "const", "add"), (None, 0.3, None)): ("relu", 1.0, 1.0, "u2"),
+    Genotype("simple", ("const", "relu", "sub"), (0.3, None, None)): ("relu", -1.0, 1.0, "u1"),
+    Genotype("simple", ("min0", "const", "sub"), (None, -0.2, None)): ("min0", 1.0, -1.0, "u2"),
+    Genotype("simple", ("const", "min0", "sub"), (0.1, None, None)): ("min0", -1.0, 1.0, "u1"),
+    Genotype("complex", ("relu", "identity", "left", "shift", "identity", "left"), (None, None, None, 0.5, None, None)):
+        ("relu", 1.0, 1.0, "u3"),
+}
+
+
+def test_shifted_relus_are_recognised_and_nothing_else():
+    for genotype, expected in SHIFTED_RELUS.items():
+        assert shifted_relu(genotype) == expected, genotype
+    for ops, betas in ((("relu", "const", "mul"), (None, 0.3, None)),  # a scaled ReLU
+                       (("relu", "shift", "add"), (None, 0.3, None)),  # relu(x) + x + beta
+                       (("tanh", "const", "add"), (None, 0.3, None)),
+                       (("relu", "zero", "left"), (None, None, None))):  # plain ReLU: the built-in
+        assert shifted_relu(Genotype("simple", ops, betas)) is None, ops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta_mode", ["scalar", "channel"])
+def test_shifted_relus_match_the_plain_cell_and_save_only_their_output(beta_mode, dtype):
+    for genotype in SHIFTED_RELUS:
+        act = GenotypeActivation(genotype, 4, beta_mode)
+        x = inputs(dtype=dtype, shape=(3, 4, 5, 5))
+        results = []
+        for mode in ("off", "eager"):
+            with fused.using(mode):
+                saved = []
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+                    y = act(x)
+                results.append((y, grads(y, [x, *act.parameters()]), saved))
+        assert torch.equal(results[1][0], results[0][0]), genotype
+        assert_same(results[1][1], results[0][1], TIGHT, str(genotype))
+        output, beta = results[1][2]  # the output (the next layer's input anyway) and beta, nothing else
+        assert output is results[1][0] and beta is act.beta[shifted_relu(genotype)[3]]
+
+
+def test_shifted_relu_under_bfloat16_runs_the_fused_cell():
+    genotype = next(iter(SHIFTED_RELUS))
+    act = GenotypeActivation(genotype, 4)
+    x = inputs(shape=(3, 4, 5, 5)).to(torch.bfloat16)
+    with fused.using("eager"):
+        y = act(x)
+    assert y.dtype == torch.bfloat16 and y.grad_fn.name().endswith("_FusedCellBackward")
+    assert torch.allclose(y.float(), F.relu(x.float()) + 0.3, rtol=1e-2, atol=1e-2)  # bf16 rounding
 
 
 def test_channels_last_and_bfloat16_inputs():
