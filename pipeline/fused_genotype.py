@@ -53,16 +53,17 @@ def shifted_relu(genotype) -> Optional[tuple[str, float, float, str]]:
                 return inputs[0]
             if inputs[0] == ("x",) and name in ("relu", "min0"):
                 return ("g", name)
-            return ("shifted", inputs[0][1], 1.0, 1.0, edge) if name == "shift" and inputs[0][0] == "g" else ("other",)
+            if name == "shift" and inputs[0][0] == "g":
+                return ("shifted", inputs[0][1], 1.0, 1.0, edge)
+            return ("other",)
         if name in ("left", "right"):
             return inputs[0] if name == "left" else inputs[1]
         kinds = tuple(node[0] for node in inputs)
         if name in ("add", "sub") and kinds in (("g", "beta"), ("beta", "g")):
             g, beta = inputs if kinds == ("g", "beta") else inputs[::-1]
-            if name == "add":
-                return ("shifted", g[1], 1.0, 1.0, beta[1])
-            return ("shifted", g[1], 1.0, -1.0, beta[1]) if kinds == ("g", "beta") else ("shifted", g[1], -1.0, 1.0,
-                                                                                        beta[1])
+            # g - beta negates beta; beta - g negates g.
+            sign, beta_sign = (1.0, 1.0) if name == "add" else (1.0, -1.0) if kinds[0] == "g" else (-1.0, 1.0)
+            return ("shifted", g[1], sign, beta_sign, beta[1])
         return ("other",)
 
     node = run_cell(genotype.space, ("x",), reduce)

@@ -209,11 +209,17 @@ def test_gdas_per_operator_kernels_match_the_plain_cell(space, beta_mode, monkey
         assert_same(grads(got, [x, *params]), grads(want, [x, *params]), TIGHT, (space, beta_mode))
 
 
-def test_evaluation_computes_no_derivatives(monkeypatch):
+def count_unary_calls(monkeypatch, field: str) -> list:
+    """Wrap every unary operator's `field` (value or dx) so that each call appends the operator's name."""
     calls = []
     for name, grad in list(fused_ops.UNARY_GRADS.items()):
-        counted = (lambda fn, n: lambda *args: calls.append(n) or fn(*args))(grad.dx, name)
-        monkeypatch.setitem(fused_ops.UNARY_GRADS, name, dataclasses.replace(grad, dx=counted))
+        counted = (lambda fn, n: lambda *args: calls.append(n) or fn(*args))(getattr(grad, field), name)
+        monkeypatch.setitem(fused_ops.UNARY_GRADS, name, dataclasses.replace(grad, **{field: counted}))
+    return calls
+
+
+def test_evaluation_computes_no_derivatives(monkeypatch):
+    calls = count_unary_calls(monkeypatch, "dx")
     net = supernet("darts", "simple", "scalar", torch.float32)
     x = inputs(torch.float32, shape=(2, 16, 4, 4))
     with torch.no_grad():
@@ -226,10 +232,7 @@ def test_evaluation_computes_no_derivatives(monkeypatch):
 
 
 def test_gdas_computes_only_the_sampled_operators(monkeypatch):
-    calls = []
-    for name, grad in list(fused_ops.UNARY_GRADS.items()):
-        counted = (lambda fn, n: lambda *args: calls.append(n) or fn(*args))(grad.value, name)
-        monkeypatch.setitem(fused_ops.UNARY_GRADS, name, dataclasses.replace(grad, value=counted))
+    calls = count_unary_calls(monkeypatch, "value")
     net = supernet("gdas", "simple", "scalar", torch.float32)
     site_output(net, net.sites()[1], inputs(torch.float32, shape=(2, 16, 4, 4)), "eager")
     names = net.cell.candidates

@@ -78,25 +78,16 @@ def test_gdas_computes_only_the_sampled_operator(monkeypatch):
     site = MixedActivation(cell, 4)
     cell.relaxation.resample(cell.alpha_dict())
     sampled = [SMALL_OPS["unary"][cell.relaxation.index[e]] for e in ("u1", "u2")]
-    previous = fused.get_mode()
-    fused.set_mode("off")
-    try:
-        with cell.forward_pass():
-            site(torch.randn(2, 4, 3, 3))
-    finally:
-        fused.set_mode(previous)
+    with fused.using("off"), cell.forward_pass():
+        site(torch.randn(2, 4, 3, 3))
     assert sorted(calls) == sorted(sampled)  # one operator per unary edge, no more
     # The fused cell is handed exactly the sampled operator on every edge.
     seen = []
     real = fused.fused_cell
     monkeypatch.setattr(fused, "fused_cell", lambda space, candidates, *rest, **kw: seen.append(candidates)
                         or real(space, candidates, *rest, **kw))
-    fused.set_mode("eager")
-    try:
-        with cell.forward_pass():
-            site(torch.randn(2, 4, 3, 3))
-    finally:
-        fused.set_mode(previous)
+    with fused.using("eager"), cell.forward_pass():
+        site(torch.randn(2, 4, 3, 3))
     assert seen and [list(c) for c in seen[0]] == [[sampled[0]], [sampled[1]],
                                                    [SMALL_OPS["binary"][cell.relaxation.index["b1"]]]]
 
