@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import fused
-from pipeline.architect import Architect
-from pipeline.augment import BatchLoader
-from pipeline.device import autocast_context
-from pipeline.genotype import Genotype
-from pipeline.metrics import MetricAccumulator
-from pipeline.models import build_resnet
-from pipeline.search import SearchConfig, _weight_step, build_supernet
-from pipeline.train import parameter_groups
+from pipeline.kernels import fused
+from pipeline.kernels.fused_genotype import fast_forward
+from pipeline.search.architect import Architect
+from pipeline.data.augment import BatchLoader
+from pipeline.training.device import autocast_context
+from pipeline.space.genotype import Genotype
+from pipeline.training.metrics import MetricAccumulator
+from pipeline.space.models import build_resnet
+from pipeline.search.loop import SearchConfig, _weight_step, build_supernet
+from pipeline.training.train import parameter_groups
 
 SUPERNETS = [f"{opt}-{space}" for opt in ("darts", "gdas", "drnas") for space in ("simple", "complex")]
 GENOTYPES = {
@@ -146,7 +147,7 @@ class Bench:
         elif variant == "swish":
             model = build_resnet(network, lambda channels: nn.SiLU())
         else:
-            model = build_resnet(network, GENOTYPES[variant.split(" ", 1)[1]].factory("scalar", True))
+            model = build_resnet(network, GENOTYPES[variant.split(" ", 1)[1]].factory("scalar", True, fast_forward))
         model = self.prepare(model)
         opt = torch.optim.SGD(parameter_groups(model, 5e-4), lr=0.1, momentum=0.9)
 

@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench  # noqa: E402,F401 (GENOTYPES: for callers)
-from pipeline.device import resolve_device  # noqa: E402
-from pipeline.models import DEPTHS  # noqa: E402
+from pipeline.training.device import resolve_device  # noqa: E402
+from pipeline.space.models import DEPTHS  # noqa: E402
 
 
 def parse_args(argv=None):

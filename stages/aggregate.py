@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.report import ReportError, write_report
+from pipeline.analysis.report import ReportError, write_report
 from stages.common import RESULTS, ROOT, log, run, stage_run, start
 
 STAGE = "aggregate"

@@ -14,14 +14,14 @@ from typing import Callable
 
 import torch
 
-from pipeline.augment import BatchLoader
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import Params, ParamsError, load_params
-from pipeline.data import DataError
-from pipeline.preflight import PreflightError, check_free_space
-from pipeline.records import flatten
-from pipeline.tracking import StageRun
-from pipeline.tracking_store import TrackingError, check_tracking
+from pipeline.data.augment import BatchLoader
+from pipeline.training.checkpoint import CheckpointError
+from pipeline.study.config import Params, ParamsError, load_params
+from pipeline.data.cifar import DataError
+from pipeline.study.preflight import PreflightError, check_free_space
+from pipeline.study.records import flatten
+from pipeline.study.tracking import StageRun
+from pipeline.study.tracking_store import TrackingError, check_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED_DATA = ROOT / "data" / "prepared" / "cifar10.pt"

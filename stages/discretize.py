@@ -7,10 +7,12 @@ supernet and of the discretized network on the architecture split, and the discr
 from __future__ import annotations
 
 import argparse
+import json
 
-from pipeline.device import resolve_device, seed_everything
-from pipeline.discretize import discretize
-from pipeline.search import load_supernet
+from pipeline.training.device import resolve_device, seed_everything
+from pipeline.analysis.describe import describe_genotype
+from pipeline.search.discretize import discretize
+from pipeline.search.loop import load_supernet
 from stages.common import RESULTS, log, run, search_loaders, stage_run, start
 
 
@@ -29,7 +31,9 @@ def main(argv: list[str]) -> None:
     tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
     with stage_run(params, stage, tags, {"discretize.batch_size": params.discretize.batch_size}) as mlflow_run:
         seed_everything(cfg.seed, deterministic=device.type == "cpu")  # GDAS/DrNAS sample while evaluating
-        summary = discretize(supernet, val_loader, device, out, amp=cfg.amp)
+        genotype, gap = discretize(supernet, val_loader, device, amp=cfg.amp)
+        summary = describe_genotype(genotype, out) | gap
+        (out / "discretize.json").write_text(json.dumps(summary, indent=2) + "\n")
         mlflow_run.log_metrics({key: summary[key] for key in ("supernet_val_top1", "supernet_val_top5",
                                                              "discretized_val_top1", "discretized_val_top5",
                                                              "discretization_gap_top1")})

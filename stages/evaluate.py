@@ -1,6 +1,6 @@
 """Stage `evaluate-<origin>@<activation>-<network>-<seed>`: retrain a network from scratch with one activation.
 
-The activation is a baseline (pipeline.genotype.BASELINES), a searched one (<optimizer>-<space>: the genotype
+The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>: the genotype
 from its discretize stage) or a custom one (activations/<name>.json). Writes
 results/evaluate/<activation>/<network>/seed<seed>/: metrics.json (final test top-1/top-5, status ok / diverged /
 failed_to_learn, time per epoch), history.csv (per epoch), weights.pt (state dict) and genotype.json.
@@ -12,12 +12,13 @@ from dataclasses import asdict
 
 import torch
 
-from pipeline.augment import BatchLoader
-from pipeline.config import Params, ParamsError
-from pipeline.device import resolve_device, seed_everything
-from pipeline.genotype import BASELINES, Genotype
-from pipeline.models import build_resnet, count_parameters
-from pipeline.train import train_model
+from pipeline.data.augment import BatchLoader
+from pipeline.kernels.fused_genotype import fast_forward
+from pipeline.study.config import Params, ParamsError
+from pipeline.training.device import resolve_device, seed_everything
+from pipeline.space.genotype import BASELINES, Genotype
+from pipeline.space.models import build_resnet, count_parameters
+from pipeline.training.train import train_model
 from stages.common import (RESULTS, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
                            write_csv, write_json)
 
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
         def train(path):
             seed_everything(args.seed, deterministic=device.type == "cpu")  # the initial weights depend on it
             model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode,
-                                                                params.evaluate.train_betas))
+                                                                params.evaluate.train_betas, fast_forward))
             meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict()}
             return model, train_model(model, train_loader, test_loader, cfg, checkpoint_path=path,
                                       on_epoch=log_epoch, checkpoint_meta=meta)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data import balanced_subset, download_with_torchvision, load_cifar10, split_indices
+from pipeline.data.cifar import balanced_subset, download_with_torchvision, load_cifar10, split_indices
 from stages.common import PREPARED_DATA, ROOT, SEARCH_SPLIT, log, run, stage_run, start, write_json
 
 STAGE = "prepare"

@@ -11,9 +11,9 @@ import argparse
 import math
 from dataclasses import asdict
 
-from pipeline.device import resolve_device
-from pipeline.search import save_supernet
-from pipeline.search import run_search
+from pipeline.training.device import resolve_device
+from pipeline.search.loop import save_supernet
+from pipeline.search.loop import run_search
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, stage_run, start,
                            write_csv, write_json)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.tracking import StageRun  # noqa: E402
+from pipeline.study.tracking import StageRun  # noqa: E402
 
 
 def expected_value(worker: int, run: int, step: int, key: int) -> float:

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from pipeline.augment import BatchLoader
-from pipeline.search import SearchConfig, run_search
+from pipeline.data.augment import BatchLoader
+from pipeline.search.loop import SearchConfig, run_search
 from tests.train_subprocess_script import AnnouncingSlowLoader, colour_task
 
 OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.analysis import equivalence_warning, find_equivalent, finite_on_grid
-from pipeline.known_activations import KNOWN_ACTIVATIONS, Equivalence
-from pipeline.plots import plot_activations, plot_lines, values_and_derivative
+from pipeline.analysis.equivalence import equivalence_warning, find_equivalent, finite_on_grid
+from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS, Equivalence
+from pipeline.analysis.plots import plot_activations, plot_lines, values_and_derivative
 
 BETA = 0.37
 GRID = torch.linspace(-5, 5, 2001, dtype=torch.float64)

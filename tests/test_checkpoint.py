@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
-from pipeline.device import rng_state, set_rng_state
+from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
+from pipeline.training.device import rng_state, set_rng_state
 
 
 def test_config_fingerprint_is_stable_and_sensitive():

@@ -1,4 +1,4 @@
-"""Tests for CIFAR-10 loading (pipeline.data, pipeline.sources) and batch augmentation (pipeline.augment)."""
+"""Tests for CIFAR-10 loading (pipeline.data.cifar, pipeline.data.sources) and batch augmentation (pipeline.data.augment)."""
 from __future__ import annotations
 
 import os
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import pipeline.data as data_module
-from pipeline.augment import CIFAR10_MEAN, CIFAR10_STD, BatchLoader
-from pipeline.data import DataError, balanced_subset, load_cifar10, split_indices
+import pipeline.data.cifar as data_module
+from pipeline.data.augment import CIFAR10_MEAN, CIFAR10_STD, BatchLoader
+from pipeline.data.cifar import DataError, balanced_subset, load_cifar10, split_indices
 
 # Deliberately not alphabetical, so the test sees the loader sort them into label order.
 CLASSES = ("truck", "airplane", "ship", "bird", "horse", "cat", "frog", "deer", "dog", "automobile")

@@ -1,4 +1,4 @@
-"""The fused cell (pipeline/fused.py) against the plain autograd cell: values and gradients for inputs, weights and
+"""The fused cell (pipeline/kernels/fused.py) against the plain autograd cell: values and gradients for inputs, weights and
 betas; every operator; DARTS, GDAS, DrNAS; both spaces; scalar and per-channel betas; float64 (tight) and float32;
 what it saves for backward; genotypes dispatched to built-in functions."""
 import dataclasses
@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import fast_math, fused, fused_ops
-from pipeline.cell import Supernet
-from pipeline.fused_genotype import native_function, shifted_relu
-from pipeline.genotype import RELU, SWISH, Genotype, GenotypeActivation
-from pipeline.ops import BINARY, UNARY
-from pipeline.relax import make_relaxation
+from pipeline.kernels import fast_math, fused, fused_ops
+from pipeline.kernels.fused_kernels import edge_kernel
+from pipeline.search.cell import Supernet
+from pipeline.kernels.fused_genotype import fast_forward, native_function, shifted_relu
+from pipeline.space.genotype import RELU, SWISH, Genotype, GenotypeActivation
+from pipeline.space.ops import BINARY, UNARY
+from pipeline.search.relax import make_relaxation
 
 TIGHT = dict(rtol=1e-9, atol=1e-10)
 FLOAT32 = dict(rtol=1e-4, atol=2e-5)
@@ -196,7 +197,6 @@ def test_saves_a_few_tensors_not_every_candidate():
 def test_gdas_per_operator_kernels_match_the_plain_cell(space, beta_mode, monkeypatch, formulas):
     """The path GDAS takes when compiling: the cell eagerly, each drawn operator through `edge_kernel` (run
     uncompiled here, so the orchestration is tested in seconds; the slow test compiles it)."""
-    from pipeline.fused_kernels import edge_kernel
 
     monkeypatch.setattr(fused, "_op_kernel", lambda *static: lambda *tensors: edge_kernel(*static, *tensors))
     net = supernet("gdas", space, beta_mode)
@@ -247,7 +247,7 @@ def test_gdas_computes_only_the_sampled_operators(monkeypatch):
     Genotype("complex", ("scale", "erf", "sigmul", "shift", "softplus", "gauss_sq"), (1.2, None, None, 0.3, None, 0.8)),
 ], ids=str)
 def test_genotype_activation_matches_the_plain_cell(genotype, beta_mode, formulas):
-    act = genotype.build(4, beta_mode).double()
+    act = genotype.build(4, beta_mode, kernel=fast_forward).double()
     with torch.no_grad():
         for p in act.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -269,8 +269,8 @@ def test_genotypes_equal_to_a_builtin_run_as_the_builtin():
     assert native_function(Genotype("simple", ("relu", "const", "add"), (None, 0.0, None))) is None
     x = inputs()
     with fused.using("eager"):
-        assert torch.equal(RELU.build()(x), F.relu(x))
-        assert torch.allclose(SWISH.build()(x), x * torch.sigmoid(x), **TIGHT)
+        assert torch.equal(RELU.build(kernel=fast_forward)(x), F.relu(x))
+        assert torch.allclose(SWISH.build(kernel=fast_forward)(x), x * torch.sigmoid(x), **TIGHT)
 
 
 SHIFTED_RELUS = {  # genotype -> what shifted_relu reads off it
@@ -297,7 +297,7 @@ def test_shifted_relus_are_recognised_and_nothing_else():
 @pytest.mark.parametrize("beta_mode", ["scalar", "channel"])
 def test_shifted_relus_match_the_plain_cell_and_save_only_their_output(beta_mode, dtype):
     for genotype in SHIFTED_RELUS:
-        act = GenotypeActivation(genotype, 4, beta_mode)
+        act = GenotypeActivation(genotype, 4, beta_mode, kernel=fast_forward)
         x = inputs(dtype=dtype, shape=(3, 4, 5, 5))
         results = []
         for mode in ("off", "eager"):
@@ -314,7 +314,7 @@ def test_shifted_relus_match_the_plain_cell_and_save_only_their_output(beta_mode
 
 def test_shifted_relu_under_bfloat16_runs_the_fused_cell():
     genotype = next(iter(SHIFTED_RELUS))
-    act = GenotypeActivation(genotype, 4)
+    act = GenotypeActivation(genotype, 4, kernel=fast_forward)
     x = inputs(shape=(3, 4, 5, 5)).to(torch.bfloat16)
     with fused.using("eager"):
         y = act(x)

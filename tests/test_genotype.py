@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.genotype import BASELINES, RELU, SWISH, Genotype
-from pipeline.models import build_resnet, count_parameters
+from pipeline.space.genotype import BASELINES, RELU, SWISH, Genotype
+from pipeline.space.models import build_resnet, count_parameters
 
 
 def test_json_round_trip(tmp_path):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.metrics import MetricAccumulator, topk_accuracy, topk_correct
+from pipeline.training.metrics import MetricAccumulator, topk_accuracy, topk_correct
 
 
 def test_topk_on_hand_made_logits_distinguishes_top1_from_top5():

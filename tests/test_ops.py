@@ -6,7 +6,7 @@ import pytest
 import sympy
 import torch
 
-from pipeline.ops import BINARY, BOUND, OP_SETS, UNARY, beta_, resolve_op_set, x1_, x2_, x_
+from pipeline.space.ops import BINARY, BOUND, OP_SETS, UNARY, beta_, resolve_op_set, x1_, x2_, x_
 
 SYMPY_MODULES = [{"sigmoid": lambda v: 1 / (1 + np.exp(-v))}, "scipy", "numpy"]
 

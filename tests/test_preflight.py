@@ -2,8 +2,8 @@ from collections import namedtuple
 
 import pytest
 
-from pipeline import preflight
-from pipeline.preflight import PreflightError, check_free_space
+from pipeline.study import preflight
+from pipeline.study.preflight import PreflightError, check_free_space
 
 
 def test_enough_space_passes(tmp_path):

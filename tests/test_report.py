@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from pipeline.genotype import RELU, SWISH, Genotype
-from pipeline.report import ReportError, read_runs, results_markdown, results_table, write_report
+from pipeline.space.genotype import RELU, SWISH, Genotype
+from pipeline.analysis.report import ReportError, read_runs, results_markdown, results_table, write_report
 
 NETWORKS = ("resnet8", "resnet20")
 SEEDS = (0, 1)

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import fused
-from pipeline.architect import Architect
-from pipeline.augment import BatchLoader
-from pipeline.cell import MixedActivation, SearchCell, Supernet, discretized_network
-from pipeline.genotype import SWISH, Genotype
-from pipeline.ops import UNARY
-from pipeline.relax import Dirichlet, HardGumbel, Softmax, make_relaxation
-from pipeline.search import SearchConfig, build_supernet, run_search
+from pipeline.kernels import fused
+from pipeline.search.architect import Architect
+from pipeline.data.augment import BatchLoader
+from pipeline.search.cell import MixedActivation, SearchCell, Supernet, discretized_network
+from pipeline.space.genotype import SWISH, Genotype
+from pipeline.space.ops import UNARY
+from pipeline.search.relax import Dirichlet, HardGumbel, Softmax, make_relaxation
+from pipeline.search.loop import SearchConfig, build_supernet, run_search
 
 SMALL_OPS = {"unary": ["identity", "zero", "sin", "square", "tanh"], "binary": ["add", "mul", "sub", "sigmul"]}
 
@@ -280,8 +280,8 @@ def test_darts_and_drnas_recover_a_teacher_activation(seed):
 
 
 def test_saved_supernet_loads_back_with_its_config_and_bad_files_are_one_clear_error(tmp_path):
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.search import load_supernet, save_supernet
+    from pipeline.training.checkpoint import CheckpointError
+    from pipeline.search.loop import load_supernet, save_supernet
 
     cfg = SearchConfig(optimizer="drnas", space="complex", network="resnet8", arch_betas=(0.5, 0.999))
     supernet = build_supernet(cfg)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.search import run_search
+from pipeline.training.checkpoint import CheckpointError, load_checkpoint
+from pipeline.search.loop import run_search
 from tests import search_subprocess_script as script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
 def test_truncated_search_checkpoint_is_reported_not_used(tmp_path):
     ckpt = tmp_path / "search.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 truncated")
-    from pipeline.augment import BatchLoader
+    from pipeline.data.augment import BatchLoader
     from tests.train_subprocess_script import colour_task
 
     loaders = [BatchLoader(*colour_task(32, seed=s), 16, shuffle=True, augment=False) for s in (1, 2)]

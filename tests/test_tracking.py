@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import PARENT_RUN_ENV, StageRun
-from pipeline.tracking_store import (TrackingError, check_tracking, default_tracking_uri, resolve_tracking_uri,
+from pipeline.study.tracking import PARENT_RUN_ENV, StageRun
+from pipeline.study.tracking_store import (TrackingError, check_tracking, default_tracking_uri, resolve_tracking_uri,
                                      workspace_root)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def _locked_error():
 
 
 def test_locked_store_is_retried_other_errors_are_not():
-    from pipeline.tracking_store import retry_when_busy
+    from pipeline.study.tracking_store import retry_when_busy
     calls = []
 
     def flaky(value):

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.augment import BatchLoader
-from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.device import resolve_device, seed_everything
-from pipeline.models import build_resnet
-from pipeline.train import evaluate, parameter_groups, train_model
-from pipeline.train_config import TrainConfig, learning_rate
+from pipeline.data.augment import BatchLoader
+from pipeline.training.checkpoint import CheckpointError, load_checkpoint
+from pipeline.training.device import resolve_device, seed_everything
+from pipeline.space.models import build_resnet
+from pipeline.training.train import evaluate, parameter_groups, train_model
+from pipeline.training.train_config import TrainConfig, learning_rate
 
 SCRIPT = Path(__file__).with_name("train_subprocess_script.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_resume_after_interruption_is_bit_exact(reference, tmp_path, caplog):
     with pytest.raises(StopTraining):
         run(config(), checkpoint_path=path, on_epoch=interrupt_in_epoch_2)
     assert load_checkpoint(path)["epochs_done"] == 1
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.train"):
         model, result = run(config(), checkpoint_path=path)
     assert "resuming from epoch 1 of 3" in caplog.text
     assert result.resumed_from_epoch == 1 and result.status == "ok"

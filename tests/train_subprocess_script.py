@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from pipeline.augment import BatchLoader
-from pipeline.device import seed_everything
-from pipeline.models import build_resnet
-from pipeline.train import train_model
-from pipeline.train_config import TrainConfig
+from pipeline.data.augment import BatchLoader
+from pipeline.training.device import seed_everything
+from pipeline.space.models import build_resnet
+from pipeline.training.train import train_model
+from pipeline.training.train_config import TrainConfig
 
 IMAGE_SIZE = 8  # the networks pool globally, so tiny images keep the run to a few seconds
 

@@ -1,5 +1,5 @@
 """A fixed genotype's forward on the fast path (retraining): the PyTorch built-in it equals, if any; a ReLU shifted
-by its beta (a common "ReLU in disguise"); else the fused cell with one candidate per edge (`pipeline/fused.py`)."""
+by its beta (a common "ReLU in disguise"); else the fused cell with one candidate per edge (`pipeline/kernels/fused.py`)."""
 from __future__ import annotations
 
 import functools
@@ -7,16 +7,16 @@ from typing import Callable, Optional
 
 import torch
 
-from pipeline.fused import fused_cell
+from pipeline.kernels import fused
+from pipeline.kernels.fused import fused_cell
+from pipeline.space.genotype import run_cell
+from pipeline.space.ops import UNARY
 
 @functools.lru_cache(maxsize=None)
 def native_function(genotype) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """The one built-in PyTorch function a genotype equals, if any (relu(x), x*sigmoid(x) = silu(x), ...):
     following `left`/`right`/`identity` edges, the cell reduces to one beta-free operator of x. A built-in is a
     single autograd node whose saved tensor the next layer keeps anyway, so retraining it costs what ReLU does."""
-    from pipeline.genotype import run_cell
-    from pipeline.ops import UNARY
-
     def reduce(edge, *inputs):  # each node as ("x",), ("op", name) or ("other",)
         name = genotype.ops[genotype.edges.index(edge)]
         if len(inputs) == 1:
@@ -42,8 +42,6 @@ _NATIVE_UNARY = frozenset({"relu", "silu", "gelu", "elu", "leaky_relu", "tanh", 
 def shifted_relu(genotype) -> Optional[tuple[str, float, float, str]]:
     """(g, sign, beta_sign, beta_edge) when the genotype is sign * g(x) + beta_sign * beta with g = max(x, 0) or
     min(x, 0) and beta the one parameter of edge beta_edge (e.g. relu/const/add: max(x,0) + beta), else None."""
-    from pipeline.genotype import run_cell
-
     def reduce(edge, *inputs):  # nodes: ("x",), ("g", name), ("beta", edge), ("shifted", g, sign, beta_sign, edge)
         name = genotype.ops[genotype.edges.index(edge)]
         if name == "const":
@@ -122,3 +120,11 @@ def genotype_forward(activation, x: torch.Tensor) -> torch.Tensor:
     betas = [[activation.beta[edge] if edge in activation.beta else None] for edge in genotype.edges]
     return fused_cell(genotype.space, [(name,) for name in genotype.ops], [None] * len(genotype.ops), betas, x,
                       fixed_ops=True)
+
+
+def fast_forward(activation, x: torch.Tensor) -> torch.Tensor:
+    """The kernel a retraining network gives its `GenotypeActivation`s: the fast path while the fused mode is on
+    (a built-in function if the genotype is one, else the fused cell: same values), else the plain cell."""
+    if fused.enabled():
+        return genotype_forward(activation, x)
+    return activation.plain_forward(x)

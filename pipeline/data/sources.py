@@ -1,6 +1,6 @@
 """Where CIFAR-10 comes from, and how each on-disk form of it is read into tensors.
 
-Three forms are understood (pipeline.data.load_cifar10 picks one and caches the result):
+Three forms are understood (pipeline.data.cifar.load_cifar10 picks one and caches the result):
 - torchvision's ``cifar-10-batches-py`` folder of pickled batches (what ``CIFAR10(download=True)`` leaves behind);
 - an image-folder tree ``train/<class>/*`` and ``test/<class>/*``, possibly inside one top folder;
 - an archive (.tar.gz, .tgz, .tar, .zip) of such a tree, read member by member without extracting it.

@@ -1,6 +1,6 @@
-"""Every operator's value and closed-form partial derivatives, for the fused cell in `pipeline/fused.py`.
+"""Every operator's value and closed-form partial derivatives, for the fused cell in `pipeline/kernels/fused.py`.
 
-Each formula reproduces its `pipeline.ops` operator, domain guards included: where ops.py clips an input, the
+Each formula reproduces its `pipeline.space.ops` operator, domain guards included: where ops.py clips an input, the
 derivative here is 0 beyond the clip, exactly as autograd through `clamp` gives (tests/test_fused.py checks values
 and gradients against autograd through `Op.fn`). A derivative is a tensor or a plain float (a constant; 0.0 means
 "no contribution" and is skipped). `Terms` caches intermediates that several operators share.
@@ -8,7 +8,7 @@ and gradients against autograd through `Op.fn`). A derivative is a tensor or a p
 Two ways to compute the same numbers, chosen while the kernel is built:
 - compiled (torch.compile): arithmetic is nearly free and transcendental calls cost the time, so one exp(x)
   serves sigmoid, tanh, softplus, sinh, cosh, elu, silu (in a compiled CPU kernel tanh costs 2.3 exps, expm1
-  1.9, sigmoid 1), and erf, atan, asinh come from `pipeline.fast_math`;
+  1.9, sigmoid 1), and erf, atan, asinh come from `pipeline.kernels.fast_math`;
 - eager: every torch call is a pass over memory, so each quantity is one native call (torch.tanh, F.gelu, ...),
   and masks multiply instead of torch.where (a non-vectorized 3 ns per element on CPU, 7x a multiply).
 With x = +-inf the eager masks give NaN where torch.where would give 0; BatchNorm outputs are finite.
@@ -22,8 +22,8 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from pipeline import fast_math
-from pipeline.ops import _X_CUBE, _X_EXP, _X_HYP, _X_SQUARE, BOUND, EPS, fast_asinh, fast_cosh, fast_sinc, fast_sinh
+from pipeline.kernels import fast_math
+from pipeline.space.ops import _X_CUBE, _X_EXP, _X_HYP, _X_SQUARE, BOUND, EPS, fast_asinh, fast_cosh, fast_sinc, fast_sinh
 
 Tensor = torch.Tensor
 Deriv = Union[Tensor, float]

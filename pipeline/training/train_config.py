@@ -3,7 +3,7 @@
 - The learning rate is set before every iteration from a pure function of the global step
   (`learning_rate`), so the schedule has no state to save: resuming after N epochs continues at step
   N * steps_per_epoch. Milestones and warmup are given in epochs; warmup is linear from lr/warmup_steps.
-- `trajectory_config` names the fields a checkpoint must match to be resumed. The loop is `pipeline.train`.
+- `trajectory_config` names the fields a checkpoint must match to be resumed. The loop is `pipeline.training.train`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fused cell's forward and backward kernels: pure functions of a static description and tensors.
 
-`pipeline/fused.py` runs them eagerly or compiles them (torch.compile traces exactly this Python). Everything
+`pipeline/kernels/fused.py` runs them eagerly or compiles them (torch.compile traces exactly this Python). Everything
 that decides the shape of the computation (graph, candidates, which gradients are needed) is static, in
 `CellSpec` and `Plan`, so one compiled kernel serves every call with the same description.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.fused_ops import BINARY_GRADS, UNARY_GRADS, Terms
+from pipeline.kernels.fused_ops import BINARY_GRADS, UNARY_GRADS, Terms
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ import sympy
 import torch
 from torch import nn
 
-from pipeline import fused
-from pipeline.fused_genotype import genotype_forward
-from pipeline.ops import BINARY, UNARY, Op, get_op, x_
+from pipeline.space.ops import BINARY, UNARY, Op, get_op, x_
 
 SPACES: dict[str, tuple[tuple[str, int], ...]] = {
     "simple": (("u1", 1), ("u2", 1), ("b1", 2)),
@@ -144,12 +142,19 @@ class Genotype:
         return f"{self.space}({', '.join(f'{e}={o}' for e, o in zip(self.edges, self.ops))})"
 
     # --- modules ------------------------------------------------------------------------------------------
-    def build(self, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True) -> nn.Module:
-        return GenotypeActivation(self, channels, beta_mode, train_betas)
+    def build(self, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
+              kernel: Optional[Callable] = None) -> nn.Module:
+        return GenotypeActivation(self, channels, beta_mode, train_betas, kernel)
 
-    def factory(self, beta_mode: str = "scalar", train_betas: bool = True):
-        """An activation factory for `pipeline.models.build_resnet`."""
-        return lambda channels: self.build(channels, beta_mode, train_betas)
+    def factory(self, beta_mode: str = "scalar", train_betas: bool = True, kernel: Optional[Callable] = None):
+        """An activation factory for `pipeline.space.models.build_resnet`; `kernel(activation, x)`, if given,
+        replaces the plain forward (the retraining fast path, `pipeline.kernels.fused_genotype.fast_forward`)."""
+        return lambda channels: self.build(channels, beta_mode, train_betas, kernel)
+
+    def function(self):
+        """The genotype as a plain float64 function of a tensor, for analysis and plots."""
+        module = self.build().double()
+        return lambda x: module(x.double())
 
 
 def beta_shape(beta_mode: str, channels: int) -> tuple[int, ...]:
@@ -161,9 +166,12 @@ def beta_shape(beta_mode: str, channels: int) -> tuple[int, ...]:
 class GenotypeActivation(nn.Module):
     """A fixed activation function: the genotype's operators, its betas as (optionally trainable) parameters."""
 
-    def __init__(self, genotype: Genotype, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True):
+    def __init__(self, genotype: Genotype, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
+                 kernel: Optional[Callable] = None):
         super().__init__()
         self.genotype = genotype
+        # The space layer knows no kernels: the code that builds a network passes the fast path in.
+        self.kernel = kernel
         self.ops = {edge: get_op(name) for edge, name in zip(genotype.edges, genotype.ops)}
         self.beta = nn.ParameterDict({
             edge: nn.Parameter(torch.full(beta_shape(beta_mode, channels), float(beta)), requires_grad=train_betas)
@@ -174,8 +182,11 @@ class GenotypeActivation(nn.Module):
         return self.ops[edge].fn(*inputs, self.beta[edge] if edge in self.beta else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused.enabled():  # a built-in function if the genotype is one, else the fused cell: same values
-            return genotype_forward(self, x)
+        if self.kernel is not None:
+            return self.kernel(self, x)
+        return self.plain_forward(x)
+
+    def plain_forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_cell(self.genotype.space, x, self._apply_edge)
 
     def extra_repr(self) -> str:

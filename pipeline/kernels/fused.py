@@ -3,7 +3,7 @@
 The plain mixed cell, sum_k w_k * op_k(x) per edge through autograd, keeps every candidate's output and
 autograd's intermediates alive until backward (10x ReLU's memory) and runs each operator as its own passes over
 memory. Here one node computes the cell's value and its derivative with respect to x in one pass, from
-closed-form operator derivatives (`pipeline/fused_ops.py`, kernels in `pipeline/fused_kernels.py`), and saves
+closed-form operator derivatives (`pipeline/kernels/fused_ops.py`, kernels in `pipeline/kernels/fused_kernels.py`), and saves
 only what backward will read (decided per call from which parameters need a gradient):
     grad_x   = grad * d output / dx             (saved by forward)
     grad_w_k = sum(grad_e * op_k(input_e))      (only when the weights need a gradient: the arch step)
@@ -32,7 +32,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from pipeline.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, edge_kernel, make_plan
+from pipeline.space.genotype import edges_of, run_cell
+from pipeline.kernels.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, edge_kernel, make_plan
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "compile", "eager", "off")
@@ -77,8 +78,6 @@ def _graph(space: str):
     """((input nodes, output node) per edge, result node); node 0 is x. Read off `run_cell`, the one place the
     cell's wiring is written down."""
     if space not in _GRAPHS:
-        from pipeline.genotype import edges_of, run_cell  # here: genotype.py imports this module
-
         edges, names = [], []
 
         def record(edge, *inputs):
@@ -266,8 +265,6 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
 
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge."""
-    from pipeline.genotype import edges_of
-
     cell = site.cell
     hard = cell.relaxation.hard
     candidates, ws, betas = [], [], []

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from pipeline.ops import fast_asinh
+from pipeline.space.ops import fast_asinh
 
 Tensor = torch.Tensor
 _AS_P = 0.3275911

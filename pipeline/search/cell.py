@@ -13,11 +13,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from pipeline import fused
-from pipeline.genotype import SPACES, Genotype, beta_shape, edges_of, run_cell
-from pipeline.models import build_resnet
-from pipeline.ops import BINARY, UNARY, resolve_op_set
-from pipeline.relax import Relaxation
+from pipeline.kernels import fused
+from pipeline.kernels.fused_genotype import fast_forward
+from pipeline.space.genotype import SPACES, Genotype, beta_shape, edges_of, run_cell
+from pipeline.space.models import build_resnet
+from pipeline.space.ops import BINARY, UNARY, resolve_op_set
+from pipeline.search.relax import Relaxation
 
 
 def _beta_key(edge: str, op: str) -> str:
@@ -161,7 +162,7 @@ class Supernet(nn.Module):
 
 def discretized_network(supernet: Supernet, genotype: Genotype, train_betas: bool = True) -> nn.Module:
     """The supernet's network with the genotype's fixed activation, keeping the supernet's network weights."""
-    net = build_resnet(supernet.network_name, genotype.factory(supernet.cell.beta_mode, train_betas))
+    net = build_resnet(supernet.network_name, genotype.factory(supernet.cell.beta_mode, train_betas, fast_forward))
     weights = {k: v for k, v in supernet.net.state_dict().items() if ".site_betas." not in k}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     assert not unexpected and all(".beta." in k for k in missing), (missing, unexpected)

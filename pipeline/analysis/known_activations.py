@@ -1,7 +1,7 @@
 """The known activations a searched function is compared with, and the result of a match.
 
 `KNOWN_ACTIVATIONS` names the candidates; `Equivalence` holds a fitted ``f(x) ~= a * g(c * x + d) + b`` and
-writes it as a formula and as a sentence for users. The fitting itself is in `pipeline.analysis`.
+writes it as a formula and as a sentence for users. The fitting itself is in `pipeline.analysis.equivalence`.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ while the error says locked/busy/TEMPORARILY_UNAVAILABLE; each `log_metrics` is 
 `check_tracking` probes `/health` with a short timeout before training, and MLflow's own retry loop (minutes by
 default) is shortened via MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT unless already set.
 
-Run logging (one MLflow run per stage) is in `pipeline.tracking`.
+Run logging (one MLflow run per stage) is in `pipeline.study.tracking`.
 """
 from __future__ import annotations
 

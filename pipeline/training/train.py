@@ -5,7 +5,7 @@ Choices (documented because results depend on them):
   recipe), EXCEPT activation parameters: any parameter with a name component starting with `beta`
   (e.g. `layers.0.act1.beta`, a trainable Swish beta) gets weight_decay 0, so decay does not pull the
   activation's shape towards beta = 0.
-- The learning rate follows `pipeline.train_config.learning_rate`, set before every iteration (no schedule
+- The learning rate follows `pipeline.training.train_config.learning_rate`, set before every iteration (no schedule
   state to save).
 - The training loss (with label smoothing, the optimised objective) and top-k come from the training batches
   in train mode; the test loss is plain cross-entropy (no smoothing) in eval mode.
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
-from pipeline.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
-from pipeline.metrics import MetricAccumulator
-from pipeline.train_config import TrainConfig, learning_rate, trajectory_config
+from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
+from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
+from pipeline.training.metrics import MetricAccumulator
+from pipeline.training.train_config import TrainConfig, learning_rate, trajectory_config
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _steps_per_epoch(train_loader, test_loader, cfg: TrainConfig) -> int:
                              f"with drop_last=True); give it more samples or a smaller batch size")
     if not callable(getattr(train_loader, "set_epoch", None)):
         raise ValueError("train_loader needs set_epoch(epoch) so that each epoch's data order is reproducible "
-                         "and a resumed run sees the same data; use pipeline.data.BatchLoader")
+                         "and a resumed run sees the same data; use pipeline.data.cifar.BatchLoader")
     loader_batch = getattr(train_loader, "batch_size", None)
     if loader_batch is not None and loader_batch != cfg.batch_size:
         raise ValueError(f"train_loader.batch_size={loader_batch} but TrainConfig.batch_size={cfg.batch_size}; "

@@ -1,7 +1,7 @@
 """CIFAR-10 loading with a decoded-tensor cache, and deterministic splits and subsets.
 
 load_cifar10 accepts what data.source in params.yaml may name: 'torchvision' (download), a cifar-10-batches-py
-folder, an image-folder tree, or an archive of one (see pipeline.sources). Decoding 60,000 JPEGs takes a while,
+folder, an image-folder tree, or an archive of one (see pipeline.data.sources). Decoding 60,000 JPEGs takes a while,
 so the decoded tensors are cached in one file per source and reused while the source is unchanged.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     ARCHIVE_SUFFIXES, BATCHES_FOLDER, HOW_TO_FIX, IMAGE_SIZE, CifarData, DataError, is_archive, read_source,
 )
 

@@ -1,8 +1,8 @@
 """The schema of params.yaml: every section and key with the check its value must pass.
 
 `check_section` walks a params mapping against `SCHEMA`: unknown keys are rejected with a close-match
-suggestion, missing ones named, and each value checked (generic checks in `pipeline.param_checks`, those that
-need the library here). The typed parameters and `load_params` are in `pipeline.config`.
+suggestion, missing ones named, and each value checked (generic checks in `pipeline.study.param_checks`, those that
+need the library here). The typed parameters and `load_params` are in `pipeline.study.config`.
 """
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import difflib
 import re
 from typing import Any
 
-from pipeline.device import resolve_device
-from pipeline.genotype import BASELINES, BETA_MODES, SPACES
-from pipeline.models import DEPTHS
-from pipeline.ops import resolve_op_set
-from pipeline.param_checks import ParamsError, bad, boolean, choice, integer, list_of, number, optional, text
-from pipeline.search import OPTIMIZERS
-from pipeline.train_config import SCHEDULES
+from pipeline.training.device import resolve_device
+from pipeline.space.genotype import BASELINES, BETA_MODES, SPACES
+from pipeline.space.models import DEPTHS
+from pipeline.space.ops import resolve_op_set
+from pipeline.study.param_checks import ParamsError, bad, boolean, choice, integer, list_of, number, optional, text
+from pipeline.search.loop import OPTIMIZERS
+from pipeline.training.train_config import SCHEDULES
 
 CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
 CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # '-' separates matrix values in DVC stage names
 
 
-# --- checks that need the library (pipeline.param_checks holds the generic ones) -----------------------------
+# --- checks that need the library (pipeline.study.param_checks holds the generic ones) -----------------------------
 def device(key, value):
     try:
         resolve_device(text(key, value))

@@ -18,10 +18,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from pipeline.analysis import equivalence_warning
-from pipeline.discretize import activation_function
-from pipeline.genotype import BASELINES, Genotype
-from pipeline.plots import plot_activations, plot_lines
+from pipeline.analysis.equivalence import equivalence_warning
+from pipeline.space.genotype import BASELINES, Genotype
+from pipeline.analysis.plots import plot_activations, plot_lines
 
 MAX_OPS_PLOTTED = 8  # operator-weight figures show the operators that ever weighed most, one figure per edge
 
@@ -213,7 +212,7 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     for name, origin in origins.items():
         if origin == "custom":  # searched ones were checked by discretize; baselines are the references
             genotype = Genotype.from_dict(_read_json(run_dir(results, name, networks[0], seeds[0]) / "genotype.json"))
-            discretized[name] = {"equivalence": equivalence_warning(activation_function(genotype))}
+            discretized[name] = {"equivalence": equivalence_warning(genotype.function())}
     table = results_table(runs, origins, networks, discretized)
     reports.mkdir(parents=True, exist_ok=True)
     table.to_csv(reports / "results.csv", index=False)
@@ -222,9 +221,9 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     figures = reports / "figures"
-    functions = {f"{name}: {discretized[name]['formula']}": activation_function(
-        Genotype.load(results / "discretize" / name / "genotype.json")) for name in searched}
-    functions |= {name: activation_function(BASELINES[name]) for name, origin in origins.items()
+    functions = {f"{name}: {discretized[name]['formula']}":
+                 Genotype.load(results / "discretize" / name / "genotype.json").function() for name in searched}
+    functions |= {name: BASELINES[name].function() for name, origin in origins.items()
                   if origin == "baseline"}
     plot_activations(functions, figures / "activations.png")
     epochs = max(r["epochs"] for r in runs)

@@ -2,12 +2,12 @@
 
 Every stage calls `load_params()` first, so a typo anywhere in params.yaml stops the first stage before any work.
 All keys are required (DVC reads the listed ones from params.yaml too, and fails on missing ones), unknown keys are
-rejected with a close-match suggestion, and values are checked against `pipeline.params_schema`, then for
+rejected with a close-match suggestion, and values are checked against `pipeline.study.params_schema`, then for
 consistency here, then by the library's own `SearchConfig` / `TrainConfig` validation. The data source must be a
 local path that exists (DVC hashes it as a dependency); the MLflow store is checked by the stages with
-`pipeline.tracking_store.check_tracking`.
+`pipeline.study.tracking_store.check_tracking`.
 
-`python -m pipeline.config [params.yaml]` validates a file without running anything.
+`python -m pipeline.study.config [params.yaml]` validates a file without running anything.
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from typing import Any, Optional
 
 import yaml
 
-from pipeline.genotype import BASELINES, Genotype
-from pipeline.param_checks import ParamsError, bad
-from pipeline.params_schema import CUSTOM_DIR, SCHEMA, check_section
-from pipeline.search import SearchConfig
-from pipeline.sources import ARCHIVE_SUFFIXES
-from pipeline.tracking_store import resolve_tracking_uri
-from pipeline.train_config import TrainConfig
+from pipeline.space.genotype import BASELINES, Genotype
+from pipeline.study.param_checks import ParamsError, bad
+from pipeline.study.params_schema import CUSTOM_DIR, SCHEMA, check_section
+from pipeline.search.loop import SearchConfig
+from pipeline.data.sources import ARCHIVE_SUFFIXES
+from pipeline.study.tracking_store import resolve_tracking_uri
+from pipeline.training.train_config import TrainConfig
 
 CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
 

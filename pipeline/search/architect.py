@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from pipeline.cell import Supernet
+from pipeline.search.cell import Supernet
 
 
 def _all_finite(tensors) -> bool:

@@ -18,13 +18,13 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from pipeline.architect import Architect
-from pipeline.cell import Supernet
-from pipeline.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
-from pipeline.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
-from pipeline.genotype import Genotype
-from pipeline.metrics import MetricAccumulator
-from pipeline.relax import entropy, make_relaxation
+from pipeline.search.architect import Architect
+from pipeline.search.cell import Supernet
+from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
+from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
+from pipeline.space.genotype import Genotype
+from pipeline.training.metrics import MetricAccumulator
+from pipeline.search.relax import entropy, make_relaxation
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("darts", "gdas", "drnas")

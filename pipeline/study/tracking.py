@@ -1,7 +1,7 @@
 """MLflow run logging for DVC stages: one MLflow run per executed stage instance (`StageRun`).
 
 Each `log_metrics` is one `log_batch`, and every MLflow call is retried while the store is busy; where runs go
-and how concurrent stages share one store is `pipeline.tracking_store`'s part.
+and how concurrent stages share one store is `pipeline.study.tracking_store`'s part.
 
 The parent-run id travels in env ACTSEARCH_PARENT_RUN_ID, never as a DVC dependency (it changes every session).
 """
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.records import flatten
-from pipeline.tracking_store import (ARTIFACT_DIR_NAME, HTTP_ENV_DEFAULTS, TrackingError, check_tracking,
+from pipeline.study.records import flatten
+from pipeline.study.tracking_store import (ARTIFACT_DIR_NAME, HTTP_ENV_DEFAULTS, TrackingError, check_tracking,
                                      retry_when_busy, sqlite_path, store_init_lock)
 
 PARENT_RUN_ENV = "ACTSEARCH_PARENT_RUN_ID"

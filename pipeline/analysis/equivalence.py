@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.known_activations import KNOWN_ACTIVATIONS, Activation, Equivalence, format_number
+from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS, Activation, Equivalence, format_number
 
 
 def _grid(x_min: float, x_max: float, n: int, device: torch.device | str | None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Value checks for params.yaml: each takes (key, value), returns the normalized value or raises ParamsError.
 
 Every message is one line naming the key, the bad value and what is allowed, e.g.
-`params.yaml: evaluate.epochs = -3 is invalid; allowed: an integer >= 1`. Used by `pipeline.config`.
+`params.yaml: evaluate.epochs = -3 is invalid; allowed: an integer >= 1`. Used by `pipeline.study.config`.
 """
 from __future__ import annotations
 
