@@ -71,7 +71,8 @@ def test_every_library_module_sits_in_a_known_layer():
 
 @pytest.mark.parametrize("module,path", list(_library_modules()), ids=lambda v: str(v).rsplit("/", 1)[-1])
 def test_imports_go_down_the_layers_only(module, path):
-    assert _layer_violations(module, ast.parse(path.read_text())) == []
+    problems = _layer_violations(module, ast.parse(path.read_text()))
+    assert not problems, "\n".join(problems)
 
 
 def test_only_stages_import_the_study_layer():
