@@ -13,6 +13,7 @@ import torch
 from matplotlib import cycler
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -133,6 +134,8 @@ def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, xlabel: 
         ys = _finite_or_nan(torch.as_tensor(list(values), dtype=torch.float64))
         xs = list(x_values) if x_values is not None else list(range(len(ys)))
         axes.plot(xs, ys, label=name, marker="o" if len(ys) == 1 else None)
+    if x_values is None or all(float(v).is_integer() for v in x_values):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not epoch 1.2
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)

@@ -119,24 +119,27 @@ def plot_rank_transfer(ranks: Mapping[str, Sequence[int]], kinds: Mapping[str, s
     if wrong:
         raise ValueError(f"each function needs one rank per network {list(networks)}, got {wrong}")
     path = _png_path(path)
-    height = max(2.5, 0.32 * len(ranks) + 1.2)
+    height = max(2.5, 0.35 * len(ranks) + 1.2)
     figure = Figure(figsize=(2.0 + 1.6 * len(networks), height), layout="constrained")
     axes = figure.subplots()
     positions = list(range(len(networks)))
     for name, rank in ranks.items():
         colour = "black" if kinds[name] == "reference" else VERDICT_COLOURS[kinds[name]]
-        axes.plot(positions, list(rank), marker="o", color=colour, linewidth=1.6,
+        axes.plot(positions, list(rank), marker="o", markersize=15, color=colour, linewidth=1.6,
                   linestyle="--" if kinds[name] == "reference" else "-")
-        axes.annotate(name, (positions[-1], rank[-1]), xytext=(6, 0), textcoords="offset points", va="center",
-                      fontsize="small", color=colour, annotation_clip=False)
-        axes.annotate(name, (positions[0], rank[0]), xytext=(-6, 0), textcoords="offset points", va="center",
-                      ha="right", fontsize="small", color=colour, annotation_clip=False)
+        for position, value in zip(positions, rank):  # the rank inside its marker: no y-axis needed
+            axes.annotate(str(value), (position, value), ha="center", va="center", color="white", fontsize="small",
+                          fontweight="bold")
+        for position, side, offset in ((positions[-1], "left", 12), (positions[0], "right", -12)):
+            axes.annotate(name, (position, rank[positions.index(position)]), xytext=(offset, 0),
+                          textcoords="offset points", va="center", ha=side, fontsize="small", color=colour,
+                          annotation_clip=False)
     axes.set_xticks(positions, list(networks))
-    axes.set_yticks(range(1, len(ranks) + 1))
-    axes.set_ylim(len(ranks) + 0.5, 0.5)
-    axes.set_xlim(-0.15, positions[-1] + 0.15 if len(positions) > 1 else 0.15)
-    axes.set_ylabel("rank (1 = best; any failure ranks last)")
-    axes.set_title("Rank per evaluation network", fontsize="medium")
-    for side in ("top", "right"):
+    axes.set_ylim(len(ranks) + 0.6, 0.4)
+    axes.set_xlim(-0.2, positions[-1] + 0.2 if len(positions) > 1 else 0.2)
+    axes.set_yticks([])
+    axes.set_title("Rank per evaluation network\n(1 = best; a failure on any seed ranks last)",
+                   fontsize="medium")
+    for side in ("top", "right", "left"):
         axes.spines[side].set_visible(False)
     return _save(figure, path)
