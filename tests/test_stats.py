@@ -183,5 +183,6 @@ def test_report_summary_has_headline_numbers_only_and_readable_formulas(tmp_path
     assert "`gelu(x)*sigmoid(relu(x))`" in markdown and "`elu(x)`" in markdown and "Piecewise" not in markdown
     assert "| gdas-simple | 2 | 2 | 5 | -3 |" in markdown
     assert "| darts | simple | 2 | 2 | darts-simple-s1 | +3.00 |" in markdown
+    assert "| gdas | simple | 1 | 0 | gdas-simple | failed 1/9 |" in markdown  # not the survivors' +6.87
     for name in ("activations.png", "search_vs_retrained.png", "rank_transfer.png"):
         assert (tmp_path / "reports" / "figures" / name).stat().st_size > 10_000, name

@@ -43,6 +43,13 @@ def accuracy_cell(row, network: str) -> str:
     return f"{mean:.2f}{spread} (n={ok}{note})"
 
 
+def _best_vs_relu(search) -> str:
+    """The best function's difference to ReLU, unless it failed: survivors alone would flatter it."""
+    if search["best_failures"]:
+        return f"failed {search['best_failures']}/{search['best_seeds']}"
+    return "n/a" if math.isnan(search["best_vs_relu"]) else f"{search['best_vs_relu']:+.2f}"
+
+
 def _tests(table: pd.DataFrame) -> int:
     return int(sum(table[column].notna().sum() for column in table.columns if column.endswith("_p_holm")))
 
@@ -82,5 +89,5 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                           "best function", f"best vs ReLU ({network})"])
         for _, s in searches.iterrows():
             lines.append(_row([s["optimizer"], s["space"], s["search_seeds"], s["within_1_point_of_relu"],
-                               s["best"], "n/a" if math.isnan(s["best_vs_relu"]) else f"{s['best_vs_relu']:+.2f}"]))
+                               s["best"], _best_vs_relu(s)]))
     return "\n".join(lines) + "\n"

@@ -162,6 +162,7 @@ def search_summary(table: pd.DataFrame, networks: Sequence[str]) -> pd.DataFrame
         best = group.sort_values("rank").iloc[0]
         rows.append({"optimizer": optimizer, "space": space, "search_seeds": len(group),
                      "within_1_point_of_relu": int(close.sum()), "best": best["activation"],
-                     "best_vs_relu": best[f"{ranking}_vs_relu_diff"]})
+                     "best_vs_relu": best[f"{ranking}_vs_relu_diff"], "best_failures": int(best["failures"]),
+                     "best_seeds": int(best["seeds"])})
     return pd.DataFrame(rows, columns=["optimizer", "space", "search_seeds", "within_1_point_of_relu", "best",
-                                       "best_vs_relu"])
+                                       "best_vs_relu", "best_failures", "best_seeds"])
