@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import sympy
 from scipy import stats as scipy_stats
 
 from pipeline.analysis.report import write_report
@@ -186,3 +187,21 @@ def test_report_summary_has_headline_numbers_only_and_readable_formulas(tmp_path
     assert "| gdas | simple | 1 | 0 | gdas-simple | failed 1/9 |" in markdown  # not the survivors' +6.87
     for name in ("activations.png", "search_vs_retrained.png", "rank_transfer.png"):
         assert (tmp_path / "reports" / "figures" / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.parametrize("genotype, readable", [
+    (RELU, "relu(x)"), (SWISH, "x*sigmoid(x)"), (GENOTYPES["darts-simple-s1"], "gelu(x)*sigmoid(relu(x))"),
+    (GENOTYPES["gdas-simple"], "elu(x)"),
+    (Genotype("complex", ("relu", "shift", "mul", "silu", "softplus", "add"), (None, 0.5, None, None, None, None)),
+     "silu((x + 0.5)*relu(x)) + softplus(x)")])
+def test_readable_formula_names_known_activations_and_means_the_expanded_one(genotype, readable):
+    assert genotype.readable_formula() == readable
+    x = sympy.Symbol("x", real=True)
+    definitions = {"relu": lambda u: sympy.Max(u, 0), "gelu": lambda u: u * (1 + sympy.erf(u / sympy.sqrt(2))) / 2,
+                   "elu": lambda u: sympy.Piecewise((u, u > 0), (sympy.exp(u) - 1, True)),
+                   "silu": lambda u: u / (1 + sympy.exp(-u)), "softplus": lambda u: sympy.log(1 + sympy.exp(u)),
+                   "sigmoid": lambda u: 1 / (1 + sympy.exp(-u))}
+    named = sympy.sympify(readable, locals={"x": x} | {name: sympy.Lambda(x, f(x)) for name, f in definitions.items()})
+    expanded = genotype.expr().subs(sympy.Function("sigmoid"), sympy.Lambda(x, definitions["sigmoid"](x)))
+    for value in (-2.5, -0.3, 0.0, 0.7, 3.0):
+        assert float(named.subs(x, value)) == pytest.approx(float(expanded.subs(x, value)), rel=1e-9, abs=1e-12)
