@@ -15,7 +15,7 @@ INTRO = (
     "Seeds that diverged or failed to learn are failures: counted in their own column, never averaged in, and a "
     "function with any failure ranks below every function without one. Rows are sorted by the mean top-1 on "
     "{network}. Verdicts: Welch's t-test of top-1 on {network} against ReLU and Swish, p-values Holm-corrected "
-    "over all {tests} comparisons of the table (family-wise error {alpha}); the difference is shown as mean ± the "
+    "over {tests} (family-wise error {alpha}); the difference is shown as mean ± the "
     "half-width of its 95% confidence interval (Welch-Satterthwaite). n = 1 cannot be tested: too few seeds. "
     "Supernet and discretized val top-1 are measured on the search's architecture split. Time/epoch vs ReLU "
     "leaves out the first epoch (compilation, warm-up).")
@@ -58,7 +58,8 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                      searches: pd.DataFrame) -> str:
     network = deepest(networks)
     ordered = by_depth(networks)
-    lines = ["# Results", "", INTRO.format(network=network, tests=_tests(table), alpha=ALPHA), ""]
+    lines = ["# Results", "", INTRO.format(network=network, alpha=ALPHA, tests=f"all {_tests(table)} testable comparisons of the table"
+                                  if _tests(table) else "the testable comparisons (none here: two seeds or more needed)"), ""]
     columns = ["rank", "activation", "origin", "formula"] + [f"{n} top-1" for n in ordered] + [
         "failed", f"verdict vs ReLU ({network})", f"verdict vs Swish ({network})", "time/epoch vs ReLU",
         "supernet val top-1", "discretized val top-1", "equivalence"]

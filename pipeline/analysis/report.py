@@ -147,7 +147,7 @@ def plot_verdict_figures(table: pd.DataFrame, transfer: pd.DataFrame, genotypes:
                                               figures / "search_vs_retrained.png"))
     ordered = by_depth(networks)
     ranks = {row["activation"]: [int(row[f"rank_{n}"]) for n in ordered] for _, row in transfer.iterrows()}
-    styles = {name: "reference" if pd.isna(rows.loc[name, "optimizer"]) else kinds[name] for name in ranks}
+    styles = {name: "reference" if rows.loc[name, "origin"] == "baseline" else kinds[name] for name in ranks}
     paths.append(plot_rank_transfer(ranks, styles, ordered, figures / "rank_transfer.png"))
     return paths
 

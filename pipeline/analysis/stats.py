@@ -110,11 +110,12 @@ def verdict(comparison: Comparison, p_adjusted: float, reference: str, failures:
 
 
 def verdict_class(text: str) -> str:
-    """The verdict's kind: better, worse, no difference, failed, too few seeds (for colours and counts)."""
+    """The verdict's kind: better, worse, no difference, failed, or too few (not testable: one seed, or no
+    seed-to-seed spread at all); for colours and counts."""
     for kind in ("better", "worse", "failed", "too few"):
         if text.startswith(kind):
             return kind
-    return "no difference"
+    return "too few" if text.startswith("no seed-to-seed spread") else "no difference"
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:

@@ -21,7 +21,8 @@ VERDICT_COLOURS = {"better": OKABE_ITO["bluish green"], "no difference": OKABE_I
                    "worse": OKABE_ITO["vermillion"], "failed": OKABE_ITO["reddish purple"],
                    "too few": OKABE_ITO["orange"]}
 VERDICT_LABELS = {"better": "better than ReLU", "no difference": "no difference from ReLU detected",
-                  "worse": "worse than ReLU", "failed": "failed on some seed", "too few": "too few seeds to test"}
+                  "worse": "worse than ReLU", "failed": "failed on some seed",
+                  "too few": "not testable (one seed, or no spread)"}
 REFERENCE_STYLES = ("-", "--", ":", "-.")
 MAX_POINT_LABELS = 15  # beyond this many points, names beside them overlap into noise
 
@@ -71,6 +72,32 @@ def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
+# label offsets tried in turn (points from the marker): right-above, right-below, left-above, left-below
+_LABEL_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
+                  (-4, -3, "right", "top"))
+_LABEL_HEIGHT, _CHAR_WIDTH = 8.0, 4.6  # an x-small label, in points (estimates: enough to avoid overlaps)
+
+
+def _label_points(axes, points: Sequence[tuple[str, float, float]], panel_inches: tuple[float, float]) -> None:
+    """Name each point beside it, at the first offset whose label box overlaps no label placed before."""
+    axes.autoscale_view()
+    (x_low, x_high), (y_low, y_high) = axes.get_xlim(), axes.get_ylim()
+    width, height = 72 * 0.8 * panel_inches[0], 72 * 0.75 * panel_inches[1]  # the axes' share of the panel
+    placed = []
+    for name, x, y in sorted(points, key=lambda point: -point[2]):
+        px = (x - x_low) / (x_high - x_low or 1) * width
+        py = (y - y_low) / (y_high - y_low or 1) * height
+        label_width = _CHAR_WIDTH * len(name)
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            left = px + dx - (label_width if ha == "right" else 0)
+            bottom = py + dy - (_LABEL_HEIGHT if va == "top" else 0)
+            box = (left, bottom, left + label_width, bottom + _LABEL_HEIGHT)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize="x-small")
+
+
 def plot_search_vs_retrained(points: Sequence[dict], network: str, relu_top1: float | None,
                              correlations: Mapping[str, tuple[float, float, int]], path: str | Path) -> Path:
     """Does the search's own signal predict the outcome? One panel per search signal in `correlations`
@@ -88,9 +115,10 @@ def plot_search_vs_retrained(points: Sequence[dict], network: str, relu_top1: fl
         for point in shown:
             axes.scatter(point[signal], point["top1"], color=VERDICT_COLOURS[point["kind"]], s=36, zorder=3,
                          edgecolor="white", linewidth=0.5)
-            if len(shown) <= MAX_POINT_LABELS:
-                axes.annotate(point["name"], (point[signal], point["top1"]), textcoords="offset points",
-                              xytext=(4, 3), fontsize="x-small")
+        axes.margins(0.15)
+        if len(shown) <= MAX_POINT_LABELS:
+            _label_points(axes, [(p["name"], p[signal], p["top1"]) for p in shown],
+                          (figure.get_figwidth() / len(correlations), figure.get_figheight()))
         if _finite(relu_top1):
             axes.axhline(relu_top1, color="black", linestyle="--", linewidth=1)
             axes.annotate("ReLU", (1.0, relu_top1), xycoords=("axes fraction", "data"), xytext=(-2, 3),
@@ -101,8 +129,11 @@ def plot_search_vs_retrained(points: Sequence[dict], network: str, relu_top1: fl
         axes.set_xlabel(titles.get(signal, signal))
         axes.set_ylabel(f"retrained test top-1 on {network} (%)")
         axes.grid(True, alpha=0.3)
-        axes.margins(0.15)
-    kinds = [kind for kind in VERDICT_COLOURS if any(point["kind"] == kind for point in points)]
+    plotted = [point for point in points if _finite(point["top1"])]
+    kinds = [kind for kind in VERDICT_COLOURS if any(point["kind"] == kind for point in plotted)]
+    if len(plotted) < len(points):
+        figure.text(0.01, 0.0, f"not shown: {len(points) - len(plotted)} function(s) that failed on every seed",
+                    fontsize="x-small", va="bottom")
     figure.legend(handles=[Line2D([], [], linestyle="", marker="o", color=VERDICT_COLOURS[kind],
                                   label=VERDICT_LABELS[kind]) for kind in kinds],
                   loc="outside lower center", ncols=max(1, min(3, len(kinds))), fontsize="small", frameon=False)
@@ -130,7 +161,8 @@ def plot_rank_transfer(ranks: Mapping[str, Sequence[int]], kinds: Mapping[str, s
         for position, value in zip(positions, rank):  # the rank inside its marker: no y-axis needed
             axes.annotate(str(value), (position, value), ha="center", va="center", color="white", fontsize="small",
                           fontweight="bold")
-        for position, side, offset in ((positions[-1], "left", 12), (positions[0], "right", -12)):
+        ends = ((positions[-1], "left", 12), (positions[0], "right", -12))[:1 if len(positions) == 1 else 2]
+        for position, side, offset in ends:
             axes.annotate(name, (position, rank[positions.index(position)]), xytext=(offset, 0),
                           textcoords="offset points", va="center", ha=side, fontsize="small", color=colour,
                           annotation_clip=False)
