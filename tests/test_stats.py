@@ -9,6 +9,7 @@ from scipy import stats as scipy_stats
 from pipeline.analysis.report import write_report
 from pipeline.analysis.stats import Comparison, holm, searched_name_parts, spearman, verdict, verdict_class, welch
 from pipeline.analysis.table import results_table, search_summary, transfer_table
+from pipeline.analysis.verdict_plots import plot_rank_transfer, plot_search_vs_retrained, plot_verdicts
 from pipeline.space.genotype import RELU, SWISH, Genotype
 
 NETWORKS = ("resnet8", "resnet20", "resnet56")
@@ -205,3 +206,12 @@ def test_readable_formula_names_known_activations_and_means_the_expanded_one(gen
     expanded = genotype.expr().subs(sympy.Function("sigmoid"), sympy.Lambda(x, definitions["sigmoid"](x)))
     for value in (-2.5, -0.3, 0.0, 0.7, 3.0):
         assert float(named.subs(x, value)) == pytest.approx(float(expanded.subs(x, value)), rel=1e-9, abs=1e-12)
+
+
+def test_figure_inputs_are_checked_with_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown verdict classes \['great'\]"):
+        plot_verdicts({"f": (RELU.function(), "great")}, {}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"one rank per network \['resnet8', 'resnet20'\]"):
+        plot_rank_transfer({"relu": [1]}, {"relu": "reference"}, ["resnet8", "resnet20"], tmp_path / "r.png")
+    with pytest.raises(ValueError, match="at least one search signal"):
+        plot_search_vs_retrained([], "resnet20", 90.0, {}, tmp_path / "s.png")
