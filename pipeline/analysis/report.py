@@ -61,8 +61,11 @@ def _genotype(path: Path) -> Genotype:
         raise ReportError(f"{error}; rerun the stage that writes it (dvc repro)") from None
 
 
-def _finite(value):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+def _finite(value, digits: int | None = None):
+    """None for a missing number (JSON has no NaN); rounded to `digits` decimals if given, for a readable metric."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits) if digits is not None else value
 
 
 def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.DataFrame) -> dict:
@@ -73,8 +76,8 @@ def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.D
     activations = {}
     for _, row in table.iterrows():
         activations[row["activation"]] = {
-            "top1": _finite(row[f"{network}_top1_mean"]), "vs_relu": _finite(row[f"{network}_vs_relu_diff"]),
-            "p_vs_relu": _finite(row[f"{network}_vs_relu_p_holm"]),
+            "top1": _finite(row[f"{network}_top1_mean"], 3), "vs_relu": _finite(row[f"{network}_vs_relu_diff"], 3),
+            "p_vs_relu": _finite(row[f"{network}_vs_relu_p_holm"], 5),
             "verdict": row[f"{network}_verdict_vs_relu"], "failures": int(row["failures"]),
             "seeds": int(row["seeds"]), "rank": int(row["rank"])}
     summary = {"network": network, "activations": activations}

@@ -174,4 +174,10 @@ def plot_rank_transfer(ranks: Mapping[str, Sequence[int]], kinds: Mapping[str, s
                    fontsize="medium")
     for side in ("top", "right", "left"):
         axes.spines[side].set_visible(False)
+    shown = [kind for kind in VERDICT_COLOURS if kind in kinds.values()]
+    handles = [Line2D([], [], color=VERDICT_COLOURS[kind], linewidth=2, label=VERDICT_LABELS[kind]) for kind in shown]
+    if "reference" in kinds.values():
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.6, label="baseline"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), fontsize="small",
+                  frameon=False, title=f"colour: verdict on {networks[-1]}", title_fontsize="small")
     return _save(figure, path)
