@@ -1,8 +1,10 @@
 """Stage `aggregate`: the results table, the DVC metric and the figures, from the other stages' DVC outputs.
 
-Writes reports/results.csv, reports/results.md, reports/summary.json (declared as the DVC metric) and
-reports/figures/ (declared as DVC plots): activations.png, training curves per network, supernet validation
-top-1 and operator-weight / entropy trajectories of each search. Reads results/, never MLflow (which also holds
+Writes reports/results.csv (every number), reports/results.md (ranked table with verdicts against ReLU and Swish,
+rank transfer across networks, per-search summary), reports/summary.json (the DVC metric: headline numbers only)
+and reports/figures/ (declared as DVC plots): activations.png (searched functions by verdict beside ReLU, Swish
+and GELU), search_vs_retrained.png, rank_transfer.png, training curves per network, supernet validation top-1
+and operator-weight / entropy trajectories of each search. Reads results/, never MLflow (which also holds
 runs of earlier parameters); the MLflow run of this stage receives the table and the figures.
 """
 from __future__ import annotations
@@ -35,12 +37,11 @@ def main(argv: list[str]) -> None:
     with stage_run(params, STAGE, {}, {"activations": list(origins), "networks": list(networks),
                                        "seeds": list(seeds)}) as mlflow_run:
         try:
-            summary = write_report(RESULTS, REPORTS, origins, networks, seeds)
+            summary = write_report(RESULTS, REPORTS, origins, networks, seeds, params.search.network)
         except ReportError as error:
             raise SystemExit(f"error: {error}") from None
         mlflow_run.log_metrics(numbers_only(summary))
-        mlflow_run.set_tags({f"status.{name}.{network}": entry[network]["status"] for name, entry in summary.items()
-                             for network in networks})
+        mlflow_run.set_tags({f"verdict.{name}": entry["verdict"] for name, entry in summary["activations"].items()})
         for file in ("results.csv", "results.md", "summary.json"):
             mlflow_run.log_artifact(REPORTS / file)
         mlflow_run.log_artifact(REPORTS / "figures")

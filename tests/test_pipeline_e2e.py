@@ -91,7 +91,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
 
     # The table: a row per activation; every row has numbers except the diverging one, which shows its status.
     table = pd.read_csv(project / "reports" / "results.csv").set_index("activation")
-    assert list(table.index) == activations
+    assert set(table.index) == set(activations) and table.index[-1] == "exploding"  # failures rank last
     for network in networks:
         column = f"{network}_top1_mean"
         assert table.loc[activations[:-1], column].between(10, 100).all(), table[[column, f"{network}_status"]]
@@ -101,10 +101,12 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     markdown = (project / "reports" / "results.md").read_text()
     assert "| exploding | custom |" in markdown and "diverged" in markdown
     summary = json.loads((project / "reports" / "summary.json").read_text())
-    assert summary["exploding"][networks[0]]["status"].startswith("diverged")
-    assert summary["relu"][networks[0]]["status"] == "ok"
+    total = len(networks) * len(seeds)
+    assert summary["activations"]["exploding"]["verdict"] == f"failed {len(seeds)}/{len(seeds)}"
+    assert summary["activations"]["exploding"]["failures"] == total
+    assert (summary["activations"]["relu"]["verdict"], summary["activations"]["relu"]["failures"]) == ("reference", 0)
     metrics_shown = dvc(project, "metrics", "show", "--json")
-    assert "diverged" in metrics_shown
+    assert f"failed {len(seeds)}/{len(seeds)}" in metrics_shown
     assert (project / "reports" / "figures" / "activations.png").is_file()
     assert not list((project / "checkpoints").glob("*.pt")), "checkpoints are deleted after success"
 

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from pipeline.space.genotype import RELU, SWISH, Genotype
-from pipeline.analysis.report import ReportError, read_runs, results_markdown, results_table, write_report
+from pipeline.analysis.markdown import results_markdown
+from pipeline.analysis.report import ReportError, read_runs, write_report
+from pipeline.analysis.table import results_table, search_summary, transfer_table
 
 NETWORKS = ("resnet8", "resnet20")
 SEEDS = (0, 1)
@@ -72,7 +74,7 @@ def test_one_row_per_activation_with_mean_std_and_seed_counts(results):
     runs = read_runs(results, list(ORIGINS), NETWORKS, SEEDS)
     table = results_table(runs, ORIGINS, NETWORKS, {"darts-simple": {"supernet_val_top1": 61.5,
                                                                      "discretization_gap_top1": 3.5}})
-    assert list(table["activation"]) == list(ORIGINS)
+    assert set(table["activation"]) == set(ORIGINS)
     relu = table.set_index("activation").loc["relu"]
     assert relu["resnet8_top1_mean"] == pytest.approx(81.0)
     assert relu["resnet8_top1_std"] == pytest.approx(math.sqrt(2.0))  # sample std of 80, 82
@@ -85,41 +87,63 @@ def test_one_row_per_activation_with_mean_std_and_seed_counts(results):
     assert (searched["supernet_val_top1"], searched["discretization_gap"]) == (61.5, 3.5)
 
 
+def test_rows_rank_by_the_deepest_network_and_failures_rank_last(results):
+    table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
+    # resnet20 means: relu 90.5, darts-simple 88.5; swish (one failed_to_learn) and boom (diverged) after them
+    assert list(table["activation"]) == ["relu", "darts-simple", "swish", "boom"]
+    assert list(table["rank"]) == [1, 2, 3, 4]
+    rows = table.set_index("activation")
+    assert (rows.loc["swish", "failures"], rows.loc["boom", "failures"]) == (1, 4)
+    # resnet8 has no failure of swish: ranked by mean there, 82.0 > relu's 81.0 > darts-simple's 79.0
+    assert [rows.loc[a, "rank_resnet8"] for a in ("swish", "relu", "darts-simple", "boom")] == [1, 2, 3, 4]
+    transfer = transfer_table(table, NETWORKS, "resnet8").set_index("activation")
+    assert transfer.loc["swish", "move"] == 1 - 3 and transfer.loc["relu", "move"] == 2 - 1
+
+
 def test_failed_seeds_are_left_out_of_the_numbers_and_named(results):
     table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
     swish = table.set_index("activation").loc["swish"]
     assert swish["resnet20_top1_mean"] == pytest.approx(90.5) and math.isnan(swish["resnet20_top1_std"])
     assert (swish["resnet20_seeds_ok"], swish["resnet20_status"]) == (1, "failed_to_learn 1/2")
+    assert swish["resnet20_verdict_vs_relu"] == "failed 1/2"
     boom = table.set_index("activation").loc["boom"]
     assert math.isnan(boom["resnet8_top1_mean"]) and boom["resnet8_status"] == "diverged 2/2"
     assert math.isnan(boom["resnet8_time_rel_relu"])  # a diverged run's partial epoch says nothing about speed
 
 
-def test_markdown_shows_status_instead_of_numbers_and_keeps_other_rows_complete(results):
+def test_markdown_shows_status_failures_and_verdicts(results):
     table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
-    lines = {line.split(" | ")[0].strip("| "): line for line in results_markdown(table, NETWORKS).splitlines()
-             if line.startswith("| ") and " | " in line}
-    assert "81.00 ± 1.41 (n=2)" in lines["relu"]
-    assert "90.50 (n=1; failed_to_learn 1/2)" in lines["swish"]
-    assert lines["boom"].count("diverged 2/2") == 4 and "n=" not in lines["boom"]
+    markdown = results_markdown(table, NETWORKS, transfer_table(table, NETWORKS, "resnet8"),
+                                search_summary(table, NETWORKS))
+    lines = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ") and " | " in line
+             and line.split(" | ")[0].strip("| ").isdigit()}
+    assert lines["relu"].startswith("| 1 | relu | baseline |") and "81.00 ± 1.41 (n=2)" in lines["relu"]
+    assert "90.50 (n=1; failed_to_learn 1/2)" in lines["swish"] and "| 1/4 | failed 1/2 |" in lines["swish"]
+    assert lines["boom"].count("diverged 2/2") == 2 and "n=" not in lines["boom"] and "| 4/4 |" in lines["boom"]
+    # darts-simple on resnet20: 88, 89 vs ReLU's 90, 91: diff -2, se sqrt(0.5), df 2 -> p = 0.11 even before Holm
     assert "`x*tanh(x)`" in lines["darts-simple"] and "79.00 ± 0.00 (n=2)" in lines["darts-simple"]
+    assert "| no difference detected |" in lines["darts-simple"]
+    assert "## Rank transfer" in markdown and "| darts | simple | 1 | 0 | darts-simple | -2.00 |" in markdown
 
 
 def test_write_report_writes_table_metric_and_figures(results, tmp_path):
     reports = tmp_path / "reports"
-    summary = write_report(results, reports, ORIGINS, NETWORKS, SEEDS)
+    summary = write_report(results, reports, ORIGINS, NETWORKS, SEEDS, "resnet8")
     table = pd.read_csv(reports / "results.csv")
-    assert list(table["activation"]) == list(ORIGINS)
+    assert list(table["activation"]) == ["relu", "darts-simple", "swish", "boom"]
     assert json.loads((reports / "summary.json").read_text()) == summary
-    assert summary["relu"]["resnet20"]["top1_mean"] == pytest.approx(90.5)
-    assert summary["boom"]["resnet8"] == {"top1_mean": None, "top1_std": None, "top5_mean": None, "top5_std": None,
-                                          "seeds_ok": 0, "seeds": 2, "status": "diverged 2/2", "time_rel_relu": None}
-    assert summary["darts-simple"]["discretization_gap"] == 3.5 and "discretization_gap" not in summary["relu"]
+    assert summary["network"] == "resnet20"
+    assert summary["activations"]["relu"] == {"top1": pytest.approx(90.5), "vs_relu": None, "p_vs_relu": None,
+                                              "verdict": "reference", "failures": 0, "seeds": 4, "rank": 1}
+    assert summary["activations"]["boom"] == {"top1": None, "vs_relu": None, "p_vs_relu": None,
+                                              "verdict": "failed 2/2", "failures": 4, "seeds": 4, "rank": 4}
+    assert summary["searches"] == {"darts-simple": {"search_seeds": 1, "within_1_point_of_relu": 0}}
     assert "the searched activation" in table.set_index("activation").loc["boom", "equivalence"]  # 1000*x: affine
     figures = reports / "figures"
-    expected = ["activations.png", "search_val_top1.png", "training_test_top1_resnet8.png",
-                "training_train_loss_resnet20.png", "search/darts-simple_weights_u1.png",
-                "search/darts-simple_weights_b1.png", "search/darts-simple_entropy.png"]
+    expected = ["activations.png", "search_vs_retrained.png", "rank_transfer.png", "search_val_top1.png",
+                "training_test_top1_resnet8.png", "training_train_loss_resnet20.png",
+                "search/darts-simple_weights_u1.png", "search/darts-simple_weights_b1.png",
+                "search/darts-simple_entropy.png"]
     for name in expected:
         assert (figures / name).stat().st_size > 1000, name
 

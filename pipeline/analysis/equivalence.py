@@ -6,7 +6,7 @@ for ``f(x) ~= a * g(c * x + d) + b`` with ``a != 0`` and ``g`` one of `KNOWN_ACT
 
 - ``a, b`` (output map) are fitted by linear least squares for every candidate ``(c, d)``;
 - ``c`` (input scale, sign included) and ``d`` (input shift) are searched on a coarse grid, then refined by
-  Nelder-Mead on the root-mean-square residual. ``d`` is searched through the centre ``x0 = -d / c`` of ``g``
+  Nelder-Mead (scipy.optimize.minimize) on the root-mean-square residual. ``d`` is searched through the centre ``x0 = -d / c`` of ``g``
   (its kink or inflection). A kink may sit anywhere in ``[x_min, x_max]``; a smooth ``g`` must be centred in the
   inner 80% of the window: seen only by its tail, a sigmoid or softplus is a plain exponential and would
   "explain" far too many functions. For the same reason ``|c| * (x_max - x_min) / 2`` is kept in ``[0.25, 50]``
@@ -29,7 +29,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+from scipy.optimize import minimize
 
 from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS, Activation, Equivalence, format_number
 
@@ -114,36 +116,14 @@ _SMOOTH = [_Family(name, KNOWN_ACTIVATIONS[name], (1.0, -1.0), True) for name in
 
 def _nelder_mead(objective: Callable[[list[float]], float], start: list[float], step: list[float],
                  iterations: int = 200) -> list[float]:
-    """Minimise a low-dimensional function without derivatives (the kinked families are not differentiable)."""
-    simplex = [list(start)] + [[v + (step[i] if i == j else 0.0) for j, v in enumerate(start)]
-                               for i in range(len(start))]
-    values = [objective(point) for point in simplex]
-    for _ in range(iterations):
-        order = sorted(range(len(simplex)), key=values.__getitem__)
-        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
-        if max(abs(p - q) for point in simplex[1:] for p, q in zip(point, simplex[0])) < 1e-9:
-            break
-        centroid = [sum(coords) / (len(simplex) - 1) for coords in zip(*simplex[:-1])]
-        toward = lambda t: [m + t * (m - w) for m, w in zip(centroid, simplex[-1])]  # noqa: E731
-        reflected = toward(1.0)
-        reflected_value = objective(reflected)
-        if reflected_value < values[0]:
-            expanded = toward(2.0)
-            expanded_value = objective(expanded)
-            simplex[-1], values[-1] = ((expanded, expanded_value) if expanded_value < reflected_value
-                                       else (reflected, reflected_value))
-        elif reflected_value < values[-2]:
-            simplex[-1], values[-1] = reflected, reflected_value
-        else:
-            contracted = toward(-0.5)
-            contracted_value = objective(contracted)
-            if contracted_value < values[-1]:
-                simplex[-1], values[-1] = contracted, contracted_value
-            else:  # shrink toward the best point
-                simplex = [simplex[0]] + [[b + 0.5 * (p - b) for p, b in zip(point, simplex[0])]
-                                          for point in simplex[1:]]
-                values = [values[0]] + [objective(point) for point in simplex[1:]]
-    return simplex[min(range(len(simplex)), key=values.__getitem__)]
+    """Minimise a low-dimensional function without derivatives (the kinked families are not differentiable):
+    scipy's Nelder-Mead from the simplex `start`, `start + step[i] * e_i`, stopping when the simplex is smaller
+    than 1e-9 in every coordinate (whatever the spread of the values) or after `iterations` iterations."""
+    simplex = np.array([start] + [[v + (step[i] if i == j else 0.0) for j, v in enumerate(start)]
+                                  for i in range(len(start))], dtype=float)
+    result = minimize(lambda point: objective(point.tolist()), np.asarray(start, dtype=float), method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "maxiter": iterations, "xatol": 1e-9, "fatol": np.inf})
+    return result.x.tolist()
 
 
 def _search(family: _Family, x: torch.Tensor, y: torch.Tensor, starts: int = 3) -> _Fit:

@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from matplotlib import cycler
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
+
+# Okabe & Ito (2008): eight colours told apart with every common colour-vision deficiency (yellow left out: it
+# vanishes on white). Past seven lines the line style changes too, so 28 lines stay distinguishable.
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
+             "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
+LINE_CYCLE = cycler(linestyle=["-", "--", ":", "-."]) * cycler(color=list(OKABE_ITO.values()))
+DPI = 150
 
 
 def _png_path(path: str | Path) -> Path:
@@ -26,8 +35,27 @@ def _png_path(path: str | Path) -> Path:
 
 def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05)  # tight: no label or legend cut off
     return path
+
+
+def robust_limits(curves: Sequence[Sequence[float]], cap: float) -> tuple[float, float] | None:
+    """y-limits that show every curve but stop at +-cap, so one exploding function cannot flatten the others."""
+    finite = [v for curve in curves for v in curve if math.isfinite(v)]
+    if not finite:
+        return None
+    low, high = max(min(finite), -cap), min(max(finite), cap)
+    pad = 0.05 * (high - low) if high > low else 1.0
+    return low - pad, high + pad
+
+
+def reference_axes(axes, title: str, xlabel: str = "x") -> None:
+    """Title, x label, zero lines and a light grid: the frame of every function panel."""
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.axhline(0.0, color="0.7", linewidth=0.8, zorder=0)
+    axes.axvline(0.0, color="0.7", linewidth=0.8, zorder=0)
+    axes.grid(True, alpha=0.3)
 
 
 def _finite_or_nan(values: torch.Tensor) -> list[float]:
@@ -62,19 +90,25 @@ def plot_activations(functions: Mapping[str, Activation], path: str | Path,
         raise ValueError(f"x_range must be two finite numbers (low, high) with low < high, got {x_range}")
     path = _png_path(path)
     x = torch.linspace(low, high, points, dtype=torch.float64)
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(8, 3.6), layout="constrained")
     value_axes, slope_axes = figure.subplots(1, 2)
+    curves = {"f(x)": [], "f'(x)": []}
+    for axes in (value_axes, slope_axes):
+        axes.set_prop_cycle(LINE_CYCLE)
     for name, f in functions.items():
         values, derivative = values_and_derivative(f, x)
-        value_axes.plot(x.tolist(), _finite_or_nan(values), label=name)
-        slope_axes.plot(x.tolist(), _finite_or_nan(derivative), label=name)
-    for axes, title in ((value_axes, "f(x)"), (slope_axes, "f'(x)")):
-        axes.set_title(title)
-        axes.set_xlabel("x")
-        axes.axhline(0.0, color="0.7", linewidth=0.8)
-        axes.axvline(0.0, color="0.7", linewidth=0.8)
-        axes.grid(True, alpha=0.3)
-        axes.legend()
+        curves["f(x)"].append(_finite_or_nan(values))
+        curves["f'(x)"].append(_finite_or_nan(derivative))
+        value_axes.plot(x.tolist(), curves["f(x)"][-1], label=name)
+        slope_axes.plot(x.tolist(), curves["f'(x)"][-1], label=name)
+    for axes, title, cap in ((value_axes, "f(x)", 10.0), (slope_axes, "f'(x)", 5.0)):
+        reference_axes(axes, title)
+        limits = robust_limits(curves[title], cap)
+        if limits:
+            axes.set_ylim(*limits)
+    # one legend for both panels, below them: it never covers a curve
+    figure.legend(*value_axes.get_legend_handles_labels(), loc="outside lower center", ncols=1 if len(
+        functions) > 4 else len(functions), fontsize="small", frameon=False)
     return _save(figure, path)
 
 
@@ -93,16 +127,19 @@ def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, xlabel: 
         raise ValueError(f"every series needs len(x_values) = {len(x_values)} values, got "
                          f"{ {name: len(values) for name, values in series.items()} }")
     path = _png_path(path)
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.subplots()
+    axes.set_prop_cycle(LINE_CYCLE)
     for name, values in series.items():
         ys = _finite_or_nan(torch.as_tensor(list(values), dtype=torch.float64))
         xs = list(x_values) if x_values is not None else list(range(len(ys)))
         axes.plot(xs, ys, label=name, marker="o" if len(ys) == 1 else None)
+    if x_values is None or all(float(v).is_integer() for v in x_values):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not epoch 1.2
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    if len(series) <= 20:  # more labels than that only hide the lines
-        axes.legend(fontsize="small")
+    if len(series) <= 28:  # more than the line cycle tells apart: a legend would only mislead
+        figure.legend(loc="outside right upper", fontsize="small", frameon=False)
     return _save(figure, path)

@@ -1,13 +1,13 @@
-"""The study's results table and figures, from the DVC outputs of the evaluate, discretize and search stages.
+"""The study's results report, from the DVC outputs of the evaluate, discretize and search stages.
 
 Reads results/ only (never MLflow, which also holds runs of earlier parameters). Layout it expects:
-- results/evaluate/<activation>/<network>/seed<k>/metrics.json and history.csv (every expected run must exist);
-- results/discretize/<optimizer>-<space>/discretize.json and genotype.json (searched activations);
-- results/search/<optimizer>-<space>/history.json (searched activations).
-One table row per activation. Per network: test top-1 and top-5 as mean and sample std over the seeds whose
-training ended "ok", the number of those seeds, the status of the others, and the steady-state training time per
-epoch relative to ReLU on that network (the first epoch, which also pays compilation and warm-up, is left out).
-A network on which no seed ended "ok" shows its status instead of numbers.
+- results/evaluate/<activation>/<network>/seed<k>/metrics.json, history.csv and genotype.json (every expected run);
+- results/discretize/<name>/discretize.json and genotype.json (searched activations, `<optimizer>-<space>` or
+  `<optimizer>-<space>-s<search seed>`);
+- results/search/<name>/history.json (searched activations).
+Writes results.csv (every number, pipeline.analysis.table), results.md (the ranked table with verdicts, the rank
+transfer and the per-search summary, pipeline.analysis.markdown), summary.json (headline numbers only, the DVC
+metric) and figures/.
 """
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pipeline.analysis.equivalence import equivalence_warning
-from pipeline.space.genotype import BASELINES, Genotype
-from pipeline.analysis.plots import plot_activations, plot_lines
+from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS
+from pipeline.analysis.markdown import results_markdown
+from pipeline.analysis.plots import plot_lines
+from pipeline.analysis.stats import spearman, verdict_class
+from pipeline.analysis.table import deepest, by_depth, results_table, search_summary, transfer_table
+from pipeline.analysis.verdict_plots import plot_rank_transfer, plot_search_vs_retrained, plot_verdicts
+from pipeline.space.genotype import RELU, SWISH, Genotype
 
 MAX_OPS_PLOTTED = 8  # operator-weight figures show the operators that ever weighed most, one figure per edge
+SEARCH_SIGNALS = ("supernet_val_top1", "discretized_val_top1")
 
 
 class ReportError(RuntimeError):
@@ -48,117 +54,37 @@ def read_runs(results: Path, activations: Sequence[str], networks: Sequence[str]
             for s in seeds]
 
 
-def _origin_text(name: str, origin: str) -> str:
-    return f"{name.split('-')[0]} + {name.split('-')[1]}" if origin == "searched" else origin
+def _genotype(path: Path) -> Genotype:
+    try:
+        return Genotype.load(path)
+    except ValueError as error:
+        raise ReportError(f"{error}; rerun the stage that writes it (dvc repro)") from None
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std
+def _finite(value, digits: int | None = None):
+    """None for a missing number (JSON has no NaN); rounded to `digits` decimals if given, for a readable metric."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits) if digits is not None else value
 
 
-def _status(runs: list[dict]) -> str:
-    counts = {}
-    for run in runs:
-        counts[run["status"]] = counts.get(run["status"], 0) + 1
-    if set(counts) == {"ok"}:
-        return "ok"
-    return ", ".join(f"{status} {count}/{len(runs)}" for status, count in sorted(counts.items()) if status != "ok")
-
-
-def _time_per_epoch(runs: list[dict]) -> float:
-    """Mean steady-state seconds per epoch (first epoch left out: it also pays compilation and warm-up)."""
-    times = [r["steady_epoch_time_s"] for r in runs if r["status"] != "diverged" and r["steady_epoch_time_s"]]
-    return sum(times) / len(times) if times else math.nan
-
-
-def results_table(runs: list[dict], origins: Mapping[str, str], networks: Sequence[str],
-                  discretized: Mapping[str, dict]) -> pd.DataFrame:
-    """One row per activation (in `origins` order); see the module docstring for the columns."""
-    relu_time = {n: _time_per_epoch([r for r in runs if r["activation"] == "relu" and r["network"] == n])
-                 for n in networks}
-    rows = []
-    for name, origin in origins.items():
-        mine = [r for r in runs if r["activation"] == name]
-        if not mine:
-            raise ReportError(f"no evaluation runs of activation {name!r} were found")
-        found = discretized.get(name, {})
-        row = {"activation": name, "origin": _origin_text(name, origin), "formula": mine[0]["formula"],
-               "equivalence": found.get("equivalence") or "",
-               "supernet_val_top1": found.get("supernet_val_top1", math.nan),
-               "discretization_gap": found.get("discretization_gap_top1", math.nan)}
-        for network in networks:
-            cell = [r for r in mine if r["network"] == network]
-            ok = [r for r in cell if r["status"] == "ok"]
-            for metric in ("top1", "top5"):
-                row[f"{network}_{metric}_mean"], row[f"{network}_{metric}_std"] = _mean_std(
-                    [r[f"test_{metric}"] for r in ok])
-            row[f"{network}_seeds_ok"] = len(ok)
-            row[f"{network}_seeds"] = len(cell)
-            row[f"{network}_status"] = _status(cell)
-            row[f"{network}_time_rel_relu"] = _time_per_epoch(cell) / relu_time[network] \
-                if relu_time[network] and not math.isnan(relu_time[network]) else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _num(value: float, digits: int = 2) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _accuracy_cell(row, network: str, metric: str) -> str:
-    ok, total, status = row[f"{network}_seeds_ok"], row[f"{network}_seeds"], row[f"{network}_status"]
-    if ok == 0:
-        return status
-    mean, std = row[f"{network}_{metric}_mean"], row[f"{network}_{metric}_std"]
-    spread = "" if math.isnan(std) else f" ± {std:.2f}"
-    note = "" if status == "ok" else f"; {status}"
-    return f"{mean:.2f}{spread} (n={ok}{note})"
-
-
-def results_markdown(table: pd.DataFrame, networks: Sequence[str]) -> str:
-    header = ["activation", "origin", "formula"]
-    for network in networks:
-        header += [f"{network} top-1", f"{network} top-5", f"{network} time/epoch vs ReLU"]
-    header += ["supernet val top-1", "discretization gap", "equivalence"]
-    lines = ["# Results", "",
-             "Test accuracy (%) after retraining from scratch: mean ± sample std over the seeds that trained "
-             "normally (n); other seeds are listed by status (diverged, failed_to_learn). Supernet val top-1 and "
-             "the discretization gap (supernet minus discretized network, same weights, points) are measured on "
-             "the search's architecture split. Time/epoch vs ReLU leaves out the first epoch (compilation, warm-up).",
-             "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.DataFrame) -> dict:
+    """The DVC metric, headline numbers only (results.csv has the rest), so that `dvc exp show` fits a screen:
+    the ranking network, per activation its mean top-1 there, difference to ReLU, Holm-corrected p, verdict and
+    failures over all networks; per optimizer x space how many search seeds came within 1 point of ReLU."""
+    network = deepest(networks)
+    activations = {}
     for _, row in table.iterrows():
-        cells = [row["activation"], row["origin"], f"`{row['formula']}`"]
-        for network in networks:
-            cells += [_accuracy_cell(row, network, "top1"), _accuracy_cell(row, network, "top5"),
-                      _num(row[f"{network}_time_rel_relu"])]
-        cells += [_num(row["supernet_val_top1"]), _num(row["discretization_gap"]), row["equivalence"]]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _finite(value):
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def summary_metrics(table: pd.DataFrame, networks: Sequence[str]) -> dict:
-    """The DVC metric: per activation and network the accuracies, seed counts, status and relative time."""
-    summary = {}
-    for _, row in table.iterrows():
-        entry = {}
-        for network in networks:
-            entry[network] = {key: _finite(row[f"{network}_{key}"]) for key in (
-                "top1_mean", "top1_std", "top5_mean", "top5_std", "seeds_ok", "seeds", "status", "time_rel_relu")}
-            entry[network]["seeds_ok"], entry[network]["seeds"] = int(row[f"{network}_seeds_ok"]), int(
-                row[f"{network}_seeds"])
-        if row["origin"] not in ("baseline", "custom"):
-            entry["supernet_val_top1"] = _finite(row["supernet_val_top1"])
-            entry["discretization_gap"] = _finite(row["discretization_gap"])
-        summary[row["activation"]] = entry
+        activations[row["activation"]] = {
+            "top1": _finite(row[f"{network}_top1_mean"], 3), "vs_relu": _finite(row[f"{network}_vs_relu_diff"], 3),
+            "p_vs_relu": _finite(row[f"{network}_vs_relu_p_holm"], 5),
+            "verdict": row[f"{network}_verdict_vs_relu"], "failures": int(row["failures"]),
+            "seeds": int(row["seeds"]), "rank": int(row["rank"])}
+    summary = {"network": network, "activations": activations}
+    if len(searches):
+        summary["searches"] = {f"{s['optimizer']}-{s['space']}": {
+            "search_seeds": int(s["search_seeds"]), "within_1_point_of_relu": int(s["within_1_point_of_relu"])}
+            for _, s in searches.iterrows()}
     return summary
 
 
@@ -203,29 +129,59 @@ def plot_search(history: list[dict], name: str, out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_verdict_figures(table: pd.DataFrame, transfer: pd.DataFrame, genotypes: Mapping[str, Genotype],
+                         networks: Sequence[str], figures: Path) -> list[Path]:
+    """activations.png (searched functions by verdict beside ReLU, Swish, GELU), search_vs_retrained.png (when
+    there are searched functions) and rank_transfer.png."""
+    network = deepest(networks)
+    rows = table.set_index("activation")
+    kinds = {name: verdict_class(rows.loc[name, f"{network}_verdict_vs_relu"]) for name in rows.index}
+    searched = rows.index[rows["optimizer"].notna()]
+    references = {"ReLU": RELU.function(), "Swish": SWISH.function(), "GELU": KNOWN_ACTIVATIONS["gelu"]}
+    paths = [plot_verdicts({name: (genotypes[name].function(), kinds[name]) for name in searched}, references,
+                           figures / "activations.png")]
+    points = [{"name": name, "kind": kinds[name], "top1": rows.loc[name, f"{network}_top1_mean"]}
+              | {signal: rows.loc[name, signal] for signal in SEARCH_SIGNALS} for name in searched]
+    correlations = {signal: spearman([p[signal] for p in points], [p["top1"] for p in points])
+                    for signal in SEARCH_SIGNALS if any(math.isfinite(p[signal]) for p in points)}
+    if correlations:
+        relu_top1 = rows.loc["relu", f"{network}_top1_mean"] if "relu" in rows.index else None
+        paths.append(plot_search_vs_retrained(points, network, relu_top1, correlations,
+                                              figures / "search_vs_retrained.png"))
+    ordered = by_depth(networks)
+    ranks = {row["activation"]: [int(row[f"rank_{n}"]) for n in ordered] for _, row in transfer.iterrows()}
+    styles = {name: "reference" if rows.loc[name, "origin"] == "baseline" else kinds[name] for name in ranks}
+    paths.append(plot_rank_transfer(ranks, styles, ordered, figures / "rank_transfer.png"))
+    return paths
+
+
 def write_report(results: Path, reports: Path, origins: Mapping[str, str], networks: Sequence[str],
-                 seeds: Sequence[int]) -> dict:
+                 seeds: Sequence[int], search_network: str | None = None) -> dict:
     """Write results.csv, results.md, summary.json and figures/ into `reports`; return the summary."""
     runs = read_runs(results, list(origins), networks, seeds)
     searched = [name for name, origin in origins.items() if origin == "searched"]
     discretized = {name: _read_json(results / "discretize" / name / "discretize.json") for name in searched}
+    genotypes = {name: _genotype(results / "discretize" / name / "genotype.json") for name in searched}
     for name, origin in origins.items():
+        if origin != "searched":
+            genotypes[name] = _genotype(run_dir(results, name, networks[0], seeds[0]) / "genotype.json")
         if origin == "custom":  # searched ones were checked by discretize; baselines are the references
-            genotype = Genotype.from_dict(_read_json(run_dir(results, name, networks[0], seeds[0]) / "genotype.json"))
-            discretized[name] = {"equivalence": equivalence_warning(genotype.function())}
-    table = results_table(runs, origins, networks, discretized)
+            discretized[name] = {"equivalence": equivalence_warning(genotypes[name].function())}
+    try:
+        table = results_table(runs, origins, networks, discretized,
+                              {name: genotype.readable_formula() for name, genotype in genotypes.items()})
+    except ValueError as error:
+        raise ReportError(str(error)) from None
+    transfer = transfer_table(table, networks, search_network)
+    searches = search_summary(table, networks)
     reports.mkdir(parents=True, exist_ok=True)
     table.to_csv(reports / "results.csv", index=False)
-    (reports / "results.md").write_text(results_markdown(table, networks))
-    summary = summary_metrics(table, networks)
+    (reports / "results.md").write_text(results_markdown(table, networks, transfer, searches))
+    summary = summary_metrics(table, networks, searches)
     (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     figures = reports / "figures"
-    functions = {f"{name}: {discretized[name]['formula']}":
-                 Genotype.load(results / "discretize" / name / "genotype.json").function() for name in searched}
-    functions |= {name: BASELINES[name].function() for name, origin in origins.items()
-                  if origin == "baseline"}
-    plot_activations(functions, figures / "activations.png")
+    plot_verdict_figures(table, transfer, genotypes, networks, figures)
     epochs = max(r["epochs"] for r in runs)
     plot_training_curves(results, runs, networks, epochs, figures)
     val_top1 = {}

@@ -138,6 +138,20 @@ class Genotype:
     def latex(self) -> str:
         return sympy.latex(self.simplified())
 
+    def readable_formula(self) -> str:
+        """The formula for readers: an edge whose operator is a known activation prints by its name
+        (`sigmoid(relu(x))*gelu(x)`, `elu(x)`) instead of its expansion (`Piecewise(...)`, `erf(...)`).
+        `formula()` stays the expanded form, which equivalence checks and the DVC records use."""
+        named = ("relu", "gelu", "elu", "silu", "softplus", "leaky_relu")
+
+        def apply(edge, *inputs):
+            op, beta = self.edge_op(edge)
+            if op.name in named:
+                return sympy.Function(op.name, real=True)(*inputs)
+            return op.sym(*inputs, sympy.Float(beta or 0.0))
+
+        return to_text(_round_floats(sympy.simplify(_round_floats(run_cell(self.space, x_, apply), 12))))
+
     def __str__(self) -> str:
         return f"{self.space}({', '.join(f'{e}={o}' for e, o in zip(self.edges, self.ops))})"
 
