@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -35,12 +36,13 @@ TIMED_OUTPUTS = ("results/search/", "results/evaluate/", "reports/")
 KILLED_STAGE = "evaluate-baseline@swish-resnet8-0"
 
 
-def ci_project(destination: Path, archive: Path) -> Path:
+def ci_project(destination: Path, archive: Path, cache: Path) -> Path:
     project = copy_project(destination)
     shutil.copy(project / "presets" / "ci.yaml", project / "params.yaml")
 
     def ci_params(params):
         params["data"]["source"] = str(archive)
+        params["data"]["cache_dir"] = str(cache)  # decoded images, shared by both studies (no stage's param)
         params["cluster"]["evaluate"]["resources"] = {"fakegpu": 1}  # retrainings only on the worker node
     edit_params(project, ci_params)
     return project
@@ -65,13 +67,20 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def serial_study(tmp_path_factory, shared_archive_path):
-    project = ci_project(tmp_path_factory.mktemp("serial") / "project", shared_archive_path)
+def image_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("image-cache")
+
+
+@pytest.fixture(scope="module")
+def serial_study(tmp_path_factory, shared_archive_path, image_cache):
+    project = ci_project(tmp_path_factory.mktemp("serial") / "project", shared_archive_path, image_cache)
     os.environ.update(OMP_NUM_THREADS="1")
+    started = time.monotonic()
     try:
         dvc(project, "repro")
     finally:
         os.environ.pop("OMP_NUM_THREADS")
+    print(f"\nserial dvc repro of the CI preset: {time.monotonic() - started:.0f} s")  # for docs/cluster.md
     return project
 
 
@@ -84,9 +93,11 @@ def shared_archive_path():
 
 
 @pytest.fixture(scope="module")
-def cluster_study(tmp_path_factory, shared_archive_path, ray_cluster):
-    project = ci_project(tmp_path_factory.mktemp("cluster") / "project", shared_archive_path)
+def cluster_study(tmp_path_factory, shared_archive_path, image_cache, ray_cluster):
+    project = ci_project(tmp_path_factory.mktemp("cluster") / "project", shared_archive_path, image_cache)
+    started = time.monotonic()
     output = runner(project, ray_cluster[0], "--mlflow", "server", "--mlflow-host", "127.0.0.1")
+    print(f"\nthe runner on the CI preset: {time.monotonic() - started:.0f} s; {output.splitlines()[-1]}")
     return project, output
 
 
@@ -156,7 +167,7 @@ def test_the_runner_reproduces_a_serial_dvc_repro(serial_study, cluster_study, r
 
     check_mlflow_runs(project, set(stages))
     again = runner(project, address)
-    assert not ran_stages(again) and "didn't change" in again, again
+    assert not ran_stages(again) and "up to date" in again, again
 
 
 def check_mlflow_runs(project: Path, stages: set[str]) -> None:
@@ -189,7 +200,11 @@ def test_a_killed_worker_is_retried_and_the_stage_resumes_to_the_same_result(clu
             assert study.poll() is None and time.monotonic() < deadline, "the stage ended before its checkpoint"
             time.sleep(0.2)
         worker = int(re.findall(r"ray worker pid (\d+)", log.read_text())[-1])
+        stage_processes = psutil.Process(worker).children(recursive=True)
+        assert stage_processes, "the stage's command runs as the worker's child"
         os.kill(worker, signal.SIGKILL)
+        gone, alive = psutil.wait_procs(stage_processes, timeout=30)
+        assert not alive, f"the stage's command outlived its killed worker: {alive}"
         output, _ = study.communicate(timeout=900)
     finally:
         if study.poll() is None:

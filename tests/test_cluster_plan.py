@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.study.cluster_plan import StagePlan
-from pipeline.study.cluster_ray import StageKilled, stage_kind, task_options
+from pipeline.study.cluster import read_graph
+from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options
 from pipeline.study.config import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +101,27 @@ def _write(folder, text):
     path = folder / "params.yaml"
     path.write_text(text)
     return path
+
+
+def test_a_simple_command_replaces_its_shell_and_a_list_keeps_it():
+    assert _exec_form("python -m stages.evaluate --seed 0") == "exec python -m stages.evaluate --seed 0"
+    for compound in ("python a.py && python b.py", "python a.py; python b.py", "python a.py | tee x", "(cd x)"):
+        assert _exec_form(compound) == compound
+
+
+def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
+    needs, cmds = read_graph(ROOT, [])
+    params = load_params(ROOT / "params.yaml", check_paths=False)
+    searched = params.search.names()
+    assert needs["prepare"] == set()
+    assert needs[f"discretize@{searched[0]}"] == {"prepare", f"search@{searched[0]}"}  # the split, the supernet
+    network, seed = params.evaluate.networks[0], params.evaluate.seeds[0]
+    assert needs[f"evaluate-searched@{searched[0]}-{network}-{seed}"] == {"prepare", f"discretize@{searched[0]}"}
+    assert needs[f"evaluate-baseline@relu-{network}-{seed}"] == {"prepare"}
+    assert needs["aggregate"] == set(needs) - {"aggregate", "prepare"}
+    assert cmds[f"search@{searched[0]}"] == "python -m stages.search --optimizer {} --space {}".format(
+        *searched[0].split("-"))
+
+    only, _ = read_graph(ROOT, [f"discretize@{searched[0]}"])  # a target brings what it needs, nothing else
+    assert only == {"prepare": set(), f"search@{searched[0]}": {"prepare"},
+                    f"discretize@{searched[0]}": {"prepare", f"search@{searched[0]}"}}

@@ -61,6 +61,12 @@ def _downward(graph, stage) -> set:
     return found
 
 
+def stale_stages(root: Path, targets: list[str]) -> dict:
+    """`dvc status` of the targets and everything upstream of them: empty when nothing would run."""
+    with Repo(str(root)) as repo:
+        return repo.status(targets=targets or None, with_deps=True)
+
+
 def prepare_if_changed(root: Path, name: str) -> bool:
     """True, with its outputs removed as `dvc repro` does before a run, if DVC finds the stage changed."""
     with Repo(str(root)) as repo, repo.lock:  # DVC's stage checks expect the repo lock held, as in `dvc repro`
@@ -184,6 +190,9 @@ def repro(args) -> int:
     if unknown:
         raise SystemExit(f"error: params.yaml: cluster has no resources for stage kind(s) {unknown}; add e.g. "
                          f"cluster.{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
+    if not stale_stages(root, args.stages):
+        print("Data and pipelines are up to date.", flush=True)  # no cluster, no MLflow server needed
+        return 0
     ray.init(address=args.address, log_to_driver=False)
     with ExitStack() as stack:
         stack.callback(ray.shutdown)

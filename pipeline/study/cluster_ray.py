@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ LOG_DIR = "logs"
 MARKER_DIR = Path(".dvc") / "tmp" / "cluster"  # DVC's own scratch folder: git-ignored by DVC
 FORWARDED_ENV_PREFIXES = ("ACTSEARCH_", "MLFLOW_", "DVC_", "TORCHINDUCTOR_")  # driver env the stages read
 _PR_SET_PDEATHSIG = 1
+_SHELL_CONTROL = re.compile(r"[;&|()\n`]")  # command lists, pipelines, subshells: more than one process
 
 
 class StageFailed(RuntimeError):
@@ -64,6 +66,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _exec_form(cmd: str) -> str:
+    """A simple command replaces the shell (`exec`), so the parent-death signal reaches the stage's process itself
+    (a signal set in the shell is not inherited by its children); a pipeline or list keeps its shell."""
+    return cmd if _SHELL_CONTROL.search(cmd) else f"exec {cmd}"
+
+
 def run_command(stage: str, cmd: str, root: str, env: dict[str, str]) -> dict:
     """Run one stage's command on this node; returns where and how long it ran."""
     environment = os.environ | env
@@ -77,8 +85,8 @@ def run_command(stage: str, cmd: str, root: str, env: dict[str, str]) -> dict:
         out.write(f"== {stage} on {node}, node {ray.get_runtime_context().get_node_id()}, "
                   f"ray worker pid {os.getpid()}: {cmd}\n")
         out.flush()
-        done = subprocess.run(cmd, shell=True, cwd=root, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                              preexec_fn=_die_with_parent)
+        done = subprocess.run(_exec_form(cmd), shell=True, cwd=root, env=environment, stdout=out,
+                              stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     if done.returncode < 0:
         raise StageKilled(f"stage {stage} was killed by signal {-done.returncode}; see {log}")
     if done.returncode > 0:
