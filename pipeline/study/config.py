@@ -142,6 +142,7 @@ class Params:
     search: SearchParams
     discretize: DiscretizeParams
     evaluate: EvaluateParams
+    cluster: dict  # the Ray runner's settings (pipeline.study.cluster): max_retries, kind -> resources
 
     def source_path(self) -> Path:
         return (self.root / self.data.source).resolve()
@@ -166,7 +167,8 @@ _SECTIONS = {"study": StudyParams, "preflight": PreflightParams, "data": DataPar
 def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
     """Validate a params mapping (as read from params.yaml) and build the typed parameters."""
     values = check_section(SCHEMA, raw, "")
-    params = Params(Path(root).resolve(), **{name: cls(**values[name]) for name, cls in _SECTIONS.items()})
+    params = Params(Path(root).resolve(), **{name: cls(**values[name]) for name, cls in _SECTIONS.items()},
+                    cluster=values["cluster"])
     _check_consistency(params)
     if check_paths:
         _check_paths(params)

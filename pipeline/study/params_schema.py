@@ -52,6 +52,23 @@ def custom_name(key, value):
     return value
 
 
+# The Ray runner's resources per stage kind (pipeline.study.cluster); an execution setting, no stage's DVC param.
+CLUSTER_STAGE_KINDS = ("prepare", "search", "discretize", "evaluate", "aggregate")
+
+
+def ray_resources(key, value):
+    """Custom Ray resources a stage needs, e.g. {fakegpu: 1} or {node_a100: 0.5}: names -> amounts >= 0."""
+    if not isinstance(value, dict) or not all(isinstance(name, str) and name and not isinstance(amount, bool)
+                                              and isinstance(amount, (int, float)) and amount >= 0
+                                              for name, amount in value.items()):
+        raise bad(key, value, "a mapping of Ray resource names to amounts >= 0, e.g. {} or {fakegpu: 1}")
+    return {name: float(amount) for name, amount in value.items()}
+
+
+CLUSTER_STAGE = {"num_cpus": number(0), "num_gpus": number(0), "resources": ray_resources}
+CLUSTER = {"max_retries": integer(0), **{kind: CLUSTER_STAGE for kind in CLUSTER_STAGE_KINDS}}
+
+
 # --- the schema: section -> key -> check (a nested dict is a sub-section) -------------------------------------
 SCHEMA: dict[str, dict[str, Any]] = {
     "study": {"experiment": text, "tracking_uri": optional(text), "mlflow": boolean, "device": device},
@@ -80,6 +97,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "amp": boolean, "beta_mode": choice(BETA_MODES), "train_betas": boolean,
         "divergence_loss": number(0, low_open=True), "chance_margin": number(0, 100),
     },
+    "cluster": CLUSTER,
 }
 
 

@@ -1,0 +1,140 @@
+"""The Ray side of the runner (`pipeline.study.cluster`): a stage's command as a Ray task, the resources it asks
+for, and the check that every node sees the project directory.
+
+A task runs the stage's own `cmd` (from dvc.yaml, through the shell as DVC does) in the project directory, its
+output appended to `logs/<stage>.log`. The command is a child process that dies with the task's worker (Linux
+parent-death signal): when Ray's worker is killed, no orphan keeps writing the stage's outputs while Ray's retry
+resumes the stage from its checkpoint. Exit status decides retries: a command killed by a signal (OOM killer,
+a lost worker) is retried up to `cluster.max_retries` times; one that exits non-zero failed for good (the
+stages are deterministic: a rerun fails the same way).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+LOG_DIR = "logs"
+MARKER_DIR = Path(".dvc") / "tmp" / "cluster"  # DVC's own scratch folder: git-ignored by DVC
+FORWARDED_ENV_PREFIXES = ("ACTSEARCH_", "MLFLOW_", "DVC_", "TORCHINDUCTOR_")  # driver env the stages read
+_PR_SET_PDEATHSIG = 1
+_SHELL_CONTROL = re.compile(r"[;&|()\n`]")  # command lists, pipelines, subshells: more than one process
+
+
+class StageFailed(RuntimeError):
+    """The stage's command exited non-zero: failed for good, not retried."""
+
+
+class StageKilled(RuntimeError):
+    """The stage's command was killed by a signal: Ray retries the task, which resumes from its checkpoint."""
+
+
+def stage_kind(stage: str) -> str:
+    """'evaluate-baseline@relu-resnet8-0' -> 'evaluate': the key of the stage's resources in params `cluster`."""
+    return stage.split("@")[0].split("-")[0]
+
+
+def log_path(root: Path, stage: str) -> Path:
+    return Path(root) / LOG_DIR / f"{stage}.log"
+
+
+def task_options(settings: dict, kind: str, cluster_has_gpus: bool) -> dict:
+    """Ray task options for one stage kind; a cluster without GPUs runs everything on CPUs."""
+    wanted = settings[kind]
+    return {"num_cpus": wanted["num_cpus"], "num_gpus": wanted["num_gpus"] if cluster_has_gpus else 0,
+            "resources": dict(wanted["resources"]), "max_retries": settings["max_retries"],
+            "retry_exceptions": [StageKilled]}
+
+
+def forwarded_env(extra: dict[str, str]) -> dict[str, str]:
+    """The driver's settings for the stages (fused-kernel mode, MLflow, DVC), plus `extra` (the tracking URI)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)} | extra
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _exec_form(cmd: str) -> str:
+    """A simple command replaces the shell (`exec`), so the parent-death signal reaches the stage's process itself
+    (a signal set in the shell is not inherited by its children); a pipeline or list keeps its shell."""
+    return cmd if _SHELL_CONTROL.search(cmd) else f"exec {cmd}"
+
+
+def run_command(stage: str, cmd: str, root: str, env: dict[str, str]) -> dict:
+    """Run one stage's command on this node; returns where and how long it ran."""
+    environment = os.environ | env
+    # The interpreter Ray runs this worker with is the one the project was installed in (`python -m stages...`).
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    log = log_path(Path(root), stage)
+    log.parent.mkdir(exist_ok=True)
+    node = ray.util.get_node_ip_address()
+    start = time.time()
+    with log.open("a") as out:
+        out.write(f"== {stage} on {node}, node {ray.get_runtime_context().get_node_id()}, "
+                  f"ray worker pid {os.getpid()}: {cmd}\n")
+        out.flush()
+        done = subprocess.run(_exec_form(cmd), shell=True, cwd=root, env=environment, stdout=out,
+                              stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    if done.returncode < 0:
+        raise StageKilled(f"stage {stage} was killed by signal {-done.returncode}; see {log}")
+    if done.returncode > 0:
+        raise StageFailed(f"stage {stage} exited with status {done.returncode}; see {log}")
+    return {"stage": stage, "node": node, "seconds": time.time() - start}
+
+
+run_stage_task = ray.remote(run_command)
+
+
+def _probe(root: str, token: str) -> tuple[str, bool]:
+    """On one node: read the driver's marker, then write this node's own; (node ip, saw the driver's marker)."""
+    marker_dir = Path(root) / MARKER_DIR
+    try:
+        seen = (marker_dir / f"driver-{token}").read_text() == token
+    except OSError:
+        seen = False
+    if seen:
+        (marker_dir / f"node-{ray.get_runtime_context().get_node_id()}-{token}").write_text(token)
+    return ray.util.get_node_ip_address(), seen
+
+
+probe_task = ray.remote(num_cpus=0)(_probe)
+
+
+def check_shared_filesystem(root: Path) -> None:
+    """Every alive node reads the driver's marker and writes its own, which the driver reads back."""
+    token = uuid.uuid4().hex
+    marker_dir = Path(root) / MARKER_DIR
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    (marker_dir / f"driver-{token}").write_text(token)
+    try:
+        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        probes = {node: probe_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                  .remote(str(root), token) for node in nodes}
+        for node, probe in probes.items():
+            ip, seen = ray.get(probe, timeout=120)
+            back = marker_dir / f"node-{node}-{token}"
+            if not (seen and back.is_file() and back.read_text() == token):
+                raise SystemExit(f"error: Ray node {ip} does not share the project directory {root} with this "
+                                 f"machine (marker files not seen); multi-node runs need the project on a "
+                                 f"filesystem every node mounts at the same path (NFS), see docs/cluster.md")
+    finally:
+        for marker in marker_dir.glob(f"*{token}"):
+            marker.unlink(missing_ok=True)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
