@@ -222,7 +222,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     assert not (tmp_path / "killed.out").exists()
     assert load_checkpoint(tmp_path / "killed.ckpt")["epochs_done"] == 1
     rerun = subprocess.run(command("killed"), env=env, cwd=REPO, check=True, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=300)
     assert "resuming from epoch 1 of 3" in rerun.stderr
     reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
     assert resumed["resumed_from_epoch"] == 1 and reference["resumed_from_epoch"] == 0
