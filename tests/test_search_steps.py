@@ -247,3 +247,68 @@ def test_make_relaxation_builds_each_optimizer_with_its_settings():
         make_relaxation("enas")
     with pytest.raises(ValueError, match="DrNAS regularizer must be 'kl', 'l2' or 'none', got 'l1'"):
         Dirichlet("l1")
+
+
+def test_relaxation_defaults_are_the_published_ones():
+    """GDAS anneals from 10 to 0.1 (Dong & Yang 2019); an unseeded HardGumbel draws from seed 0."""
+    gdas = HardGumbel()
+    assert (gdas.tau_max, gdas.tau_min, gdas.temperature) == (10.0, 0.1, 10.0)
+    assert torch.equal(gdas.generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    made = make_relaxation("gdas")
+    assert (made.tau_max, made.tau_min) == (10.0, 0.1)
+    assert torch.equal(made.generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    drnas = make_relaxation("drnas")
+    assert (drnas.kind, drnas.reg_scale) == ("kl", 1e-3)
+
+
+def test_entropy_of_two_operators_is_normalized_by_log_two():
+    assert entropy(torch.tensor([0.5, 0.5])) == pytest.approx(1.0)
+
+
+def test_gdas_temperature_reaches_tau_min_in_the_last_of_two_epochs():
+    relax = HardGumbel(10.0, 0.1)
+    relax.set_progress(1, 2)
+    assert relax.temperature == pytest.approx(0.1)
+
+
+class WithUnusedParameters(TinySupernet):
+    """An operator beta the sampled path never touches (GDAS) and a weight no loss reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.idle_beta = nn.Parameter(torch.tensor([2.0]))
+        self.idle_weight = nn.Parameter(torch.tensor([1.0]))
+
+    def beta_parameters(self):
+        return [self.beta, self.idle_beta]
+
+    def weight_parameters(self):
+        return super().weight_parameters() + [self.idle_weight]
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_architect_step_tolerates_parameters_the_loss_does_not_reach(second_order):
+    net, (x, y) = WithUnusedParameters(), data()
+    architect = Architect(net, lr=0.01, betas=(0.5, 0.999), weight_decay=0.0, train_betas=True,
+                          second_order=second_order)
+    assert architect.step(x, y, *data(seed=1), weight_lr=0.1) is not None
+    assert net.idle_beta.grad is None and float(net.idle_beta) == 2.0 and float(net.idle_weight) == 1.0
+    assert not torch.equal(net.alpha.detach(), torch.tensor([0.3, -0.2]))
+
+
+def test_second_order_step_applies_adam_to_the_unrolled_gradient():
+    net, (x, y) = TinySupernet(), data()
+    (xt, yt) = data(seed=1)
+    architect = Architect(net, lr=0.01, betas=(0.5, 0.999), weight_decay=0.0, train_betas=False, second_order=True)
+    reference = Architect(TinySupernet(), lr=0.01, betas=(0.5, 0.999), weight_decay=0.0, train_betas=False,
+                          second_order=True)
+    loss, grads = reference._unrolled_grads(x, y, xt, yt, 0.3, 0.05)
+    reference.supernet.alpha.grad = grads[0]
+    reference.optimizer.step()
+    assert architect.step(x, y, xt, yt, weight_lr=0.3, weight_decay=0.05) == pytest.approx(float(loss))
+    assert torch.allclose(net.alpha.detach(), reference.supernet.alpha.detach(), atol=1e-7)
+    # Adam's first moment holds the gradient it was given: the unrolled one, not the first-order one.
+    assert torch.allclose(architect.optimizer.state[net.alpha]["exp_avg"], 0.5 * grads[0], atol=1e-7)
+    fresh = TinySupernet()
+    first_order, = torch.autograd.grad(F.cross_entropy(fresh(x), y), fresh.alpha)
+    assert not torch.allclose(grads[0], first_order, atol=1e-4)
