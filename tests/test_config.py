@@ -47,7 +47,6 @@ def test_the_committed_defaults_load_and_describe_the_whole_study():
                                           "gdas-complex", "drnas-simple", "drnas-complex"]
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def _key_paths(tree: dict, prefix: str = "") -> set[str]:
     """Every key of a params tree as a dotted path (the op_set's own {unary, binary} mapping is a value)."""
     paths = set()
@@ -59,6 +58,7 @@ def _key_paths(tree: dict, prefix: str = "") -> set[str]:
     return paths
 
 
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_every_preset_is_a_complete_valid_params_file(preset):
     params = load_params(preset, check_paths=False, root=ROOT)  # raises ParamsError on a bad or missing value
     assert params.search.optimizers and params.evaluate.networks

@@ -170,7 +170,7 @@ def test_disabled_run_does_nothing(tmp_path):
 
 
 def test_unreachable_server_fails_fast_with_clear_message(tmp_path, monkeypatch):
-    # How fast it fails is measured by bench/unreachable_store.py, not asserted here (no timings in unit tests).
+    # How fast it fails is measured by dev/unreachable_store.py, not asserted here (no timings in unit tests).
     with pytest.raises(TrackingError) as caught:
         check_tracking("http://127.0.0.1:9")
     message = str(caught.value)

@@ -1,6 +1,6 @@
 """How long a stage takes to refuse an unreachable MLflow server (the check runs before any work; it must not hang).
 
-python bench/unreachable_store.py [URI]   prints the seconds; exit status 1 above --limit (default 10 s).
+python dev/unreachable_store.py [URI]   prints the seconds; exit status 1 above --limit (default 10 s).
 """
 import argparse
 import sys
