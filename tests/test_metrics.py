@@ -93,3 +93,8 @@ def test_empty_batches_give_nan_accuracy_and_loss():
     accuracy = topk_accuracy(torch.zeros(0, 10), torch.zeros(0, dtype=torch.long))
     assert all(math.isnan(v) for v in accuracy.values())
     assert math.isnan(MetricAccumulator().mean_loss())
+
+
+def test_accumulator_rejects_one_dimensional_logits():
+    with pytest.raises(ValueError, match=r"expected logits \(batch, classes\) and targets \(batch,\), got \(3,\)"):
+        MetricAccumulator().update(torch.tensor(1.0), torch.zeros(3), torch.zeros(3, dtype=torch.long))

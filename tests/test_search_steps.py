@@ -312,3 +312,17 @@ def test_second_order_step_applies_adam_to_the_unrolled_gradient():
     fresh = TinySupernet()
     first_order, = torch.autograd.grad(F.cross_entropy(fresh(x), y), fresh.alpha)
     assert not torch.allclose(grads[0], first_order, atol=1e-4)
+
+
+def test_second_order_step_without_a_weight_lr_is_the_first_order_step():
+    """xi = 0 by default: no virtual step, no Hessian term; the reference's first-order DARTS."""
+    (x, y), (xt, yt) = data(), data(seed=1)
+    unrolled, plain = TinySupernet(), TinySupernet()
+    Architect(unrolled, lr=0.01, betas=(0.5, 0.999), weight_decay=0.0, train_betas=False,
+              second_order=True).step(x, y, xt, yt)
+    Architect(plain, lr=0.01, betas=(0.5, 0.999), weight_decay=0.0, train_betas=False).step(x, y)
+    assert torch.allclose(unrolled.alpha.detach(), plain.alpha.detach(), atol=1e-7)
+
+
+def test_dirichlet_defaults_are_the_reference_ones():
+    assert (Dirichlet().kind, Dirichlet().reg_scale, Dirichlet().prior) == ("kl", 1e-3, 1.0)
