@@ -274,9 +274,10 @@ def recover_teacher(optimizer: str, seed: int, steps: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_darts_and_drnas_recover_a_teacher_activation(seed):
-    darts_hit, darts_final = recover_teacher("darts", seed, 200)
-    assert darts_hit is not None  # found within the 200 steps ...
-    assert darts_final.formula() == "x*sigmoid(x)"  # ... and kept to the end
+    darts_hit, _ = recover_teacher("darts", seed, 200)
+    # Found within the 200 steps (None if never). Not asserted: that DARTS keeps it. With seed 0 its argmax drifts
+    # on to 2*x by step 200 while the mixture still fits Swish: the discretization gap this project measures.
+    assert darts_hit is not None
     drnas_hit, drnas_final = recover_teacher("drnas", seed, 600)
     assert drnas_hit is not None and drnas_hit <= 400
     assert drnas_final.formula() == "x*sigmoid(x)"
