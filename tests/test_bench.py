@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import throughput  # noqa: E402
 from bench import measure  # noqa: E402  (throughput put the project root on the path)
 
+pytestmark = pytest.mark.slow  # about 13 s: kernel compilation and a benchmark run
+
 
 def test_quick_run_writes_a_record_per_variant(tmp_path, capsys):
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"

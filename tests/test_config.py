@@ -47,9 +47,23 @@ def test_the_committed_defaults_load_and_describe_the_whole_study():
                                           "gdas-complex", "drnas-simple", "drnas-complex"]
 
 
+def _key_paths(tree: dict, prefix: str = "") -> set[str]:
+    """Every key of a params tree as a dotted path (the op_set's own {unary, binary} mapping is a value)."""
+    paths = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if isinstance(value, dict) and path != "search.op_set":
+            paths |= _key_paths(value, path + ".")
+    return paths
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_every_preset_is_a_complete_valid_params_file(preset):
-    load_params(preset, check_paths=False, root=ROOT)
+    params = load_params(preset, check_paths=False, root=ROOT)  # raises ParamsError on a bad or missing value
+    assert params.search.optimizers and params.evaluate.networks
+    committed = _key_paths(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert _key_paths(yaml.safe_load(Path(preset).read_text())) == committed, "a preset lacks or adds a key"
 
 
 def test_the_full_preset_is_the_published_protocol():
@@ -223,9 +237,9 @@ def test_each_stage_lists_its_own_script_existing_modules_and_known_params(name)
     for dep in stage["deps"]:
         if dep.startswith(("pipeline/", "stages/")):
             assert (ROOT / dep).exists(), dep
-    for key in stage.get("params", []):
+    for listed in stage.get("params", []):
         for optimizer in ("darts", "gdas", "drnas"):
-            key = key.replace("${item.optimizer}", optimizer)
+            key = listed.replace("${item.optimizer}", optimizer)
             assert _schema_has(key), f"{name} lists unknown param {key}"
     # Execution settings never invalidate results (docs/pipeline.md).
     assert not any(key.startswith(("study.", "preflight.")) or key == "data.cache_dir"

@@ -76,3 +76,25 @@ def test_empty_accumulator_reports_nan():
     result = MetricAccumulator().result()
     assert set(result) == {"loss", "top1", "top5"}
     assert all(math.isnan(v) for v in result.values())
+
+
+def test_bool_ks_and_mismatched_rows_are_rejected_with_the_row_count():
+    logits, targets = torch.zeros(3, 10), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="ks must be a non-empty sequence of positive ints"):
+        topk_correct(torch.zeros(2, 10), targets, ks=(True,))
+    with pytest.raises(ValueError, match=r"one label per logits row \(3\), got shape \(2,\)"):
+        topk_correct(logits, targets)
+    with pytest.raises(ValueError, match=r"expected logits \(batch, classes\) and targets \(batch,\), got \(3, 10\) "
+                                         r"and \(2,\)"):
+        MetricAccumulator().update(torch.tensor(1.0), logits, targets)
+
+
+def test_empty_batches_give_nan_accuracy_and_loss():
+    accuracy = topk_accuracy(torch.zeros(0, 10), torch.zeros(0, dtype=torch.long))
+    assert all(math.isnan(v) for v in accuracy.values())
+    assert math.isnan(MetricAccumulator().mean_loss())
+
+
+def test_accumulator_rejects_one_dimensional_logits():
+    with pytest.raises(ValueError, match=r"expected logits \(batch, classes\) and targets \(batch,\), got \(3,\)"):
+        MetricAccumulator().update(torch.tensor(1.0), torch.zeros(3), torch.zeros(3, dtype=torch.long))

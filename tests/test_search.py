@@ -151,11 +151,13 @@ def test_one_search_step_moves_alphas_and_weights_and_val_step_leaks_nothing(opt
     alphas_before = [a.detach().clone() for a in net.arch_parameters()]
     weights_before = [w.detach().clone() for w in net.weight_parameters()]
     net.relaxation.resample(net.cell.alpha_dict())
-    index_before = dict(getattr(net.relaxation, "index", {}))
+    index_before = dict(net.relaxation.index) if optimizer == "gdas" else None
+    assert index_before is None or set(index_before) == {"u1", "u2", "b1"}
     assert architect.step(xv, yv) is not None
     assert all(w.grad is None for w in net.weight_parameters())  # the validation batch leaked no gradient
     assert any(not torch.equal(a, b) for a, b in zip(net.arch_parameters(), alphas_before))
-    assert dict(getattr(net.relaxation, "index", {})) == index_before  # GDAS: same sample for both steps
+    if optimizer == "gdas":  # the same sample for both steps of the iteration
+        assert net.relaxation.index == index_before
     opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
     F.cross_entropy(net(x), y).backward()
     opt.step()
@@ -273,7 +275,9 @@ def recover_teacher(optimizer: str, seed: int, steps: int):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_darts_and_drnas_recover_a_teacher_activation(seed):
     darts_hit, _ = recover_teacher("darts", seed, 200)
-    assert darts_hit is not None and darts_hit <= 200
+    # Found within the 200 steps (None if never). Not asserted: that DARTS keeps it. With seed 0 its argmax drifts
+    # on to 2*x by step 200 while the mixture still fits Swish: the discretization gap this project measures.
+    assert darts_hit is not None
     drnas_hit, drnas_final = recover_teacher("drnas", seed, 600)
     assert drnas_hit is not None and drnas_hit <= 400
     assert drnas_final.formula() == "x*sigmoid(x)"

@@ -1,11 +1,9 @@
-"""A search killed with SIGKILL in the middle of an epoch resumes (not restarts) and ends exactly where an
+"""A search (DrNAS, GDAS) killed with SIGKILL at a known batch in the middle of an epoch resumes (not restarts) and ends exactly where an
 uninterrupted search ends: same genotype, supernet weights, alphas and history."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,33 +12,31 @@ import torch
 from pipeline.training.checkpoint import CheckpointError, load_checkpoint
 from pipeline.search.loop import run_search
 from tests import search_subprocess_script as script
+from tests.train_subprocess_script import wait_for_marker_and_kill
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "search_subprocess_script.py"
 
 
-def test_killed_search_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("optimizer", ["drnas", "gdas"])  # Dirichlet samples; Gumbel generator and temperature
+def test_killed_search_resumes_to_the_same_result(tmp_path, optimizer):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def command(name, *extra):
-        return [sys.executable, str(SCRIPT), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"), *extra]
+        return [sys.executable, str(SCRIPT), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"),
+                "--optimizer", optimizer, *extra]
 
     threads = torch.get_num_threads()
     try:
         script.main(command("reference")[2:])  # uninterrupted, in this process
     finally:
         torch.set_num_threads(threads)
-    log_path = tmp_path / "killed.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command("killed", "--batch-delay", "0.05"), env=env, cwd=REPO, stderr=log)
+    marker = tmp_path / "blocked"
+    with open(tmp_path / "killed.log", "w") as log:  # blocks in epoch index 1 at batch 2: epoch 1 is checkpointed
+        process = subprocess.Popen(command("killed", "--block-at", "1", "2", str(marker)), env=env, cwd=REPO,
+                                   stderr=log)
     try:
-        deadline = time.monotonic() + 180
-        while "epoch 1 batch 2" not in log_path.read_text():  # epoch 1 checkpointed, epoch 2 half done
-            assert process.poll() is None, f"the search ended before it could be killed:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, "timed out waiting for the second epoch"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
+        wait_for_marker_and_kill(process, marker)
     finally:
         if process.poll() is None:
             process.kill()
@@ -54,6 +50,10 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
     assert json.dumps(resumed["history"]) == json.dumps(reference["history"])
     for name, tensor in reference["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), f"{name} differs"
+    if optimizer == "gdas":  # the temperature and the Gumbel noise stream continue where they stopped
+        assert resumed["relaxation"]["temperature"] == reference["relaxation"]["temperature"] == pytest.approx(0.1)
+        assert torch.equal(resumed["relaxation"]["generator"], reference["relaxation"]["generator"])
+        assert [r["temperature"] for r in resumed["history"]] == pytest.approx([10.0, 5.05, 0.1])
 
 
 def test_truncated_search_checkpoint_is_reported_not_used(tmp_path):

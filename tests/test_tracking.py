@@ -170,10 +170,9 @@ def test_disabled_run_does_nothing(tmp_path):
 
 
 def test_unreachable_server_fails_fast_with_clear_message(tmp_path, monkeypatch):
-    start = time.monotonic()
+    # How fast it fails is measured by dev/unreachable_store.py, not asserted here (no timings in unit tests).
     with pytest.raises(TrackingError) as caught:
         check_tracking("http://127.0.0.1:9")
-    assert time.monotonic() - start < 10
     message = str(caught.value)
     assert "http://127.0.0.1:9" in message and "unreachable" in message and "unset MLFLOW_TRACKING_URI" in message
     # a stage reports it on entry, before any training

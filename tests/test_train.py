@@ -210,25 +210,19 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
         return [sys.executable, str(SCRIPT), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"), *extra]
 
     script.main(command("reference")[2:])  # the uninterrupted run, in this process: same code, same thread count
-    log_path = tmp_path / "killed.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command("killed", "--batch-delay", "0.05"), env=env, cwd=REPO, stderr=log)
+    marker = tmp_path / "blocked"
+    with open(tmp_path / "killed.log", "w") as log:  # blocks in epoch index 1 at batch 2: epoch 1 is checkpointed
+        process = subprocess.Popen(command("killed", "--block-at", "1", "2", str(marker)), env=env, cwd=REPO,
+                                   stderr=log)
     try:
-        deadline = time.monotonic() + 120
-        # Epoch index 1 batch 2: epoch 1 is checkpointed and epoch 2 is half done.
-        while "epoch 1 batch 2" not in log_path.read_text():
-            assert process.poll() is None, f"training ended before it could be killed:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, "timed out waiting for the second epoch"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
+        script.wait_for_marker_and_kill(process, marker)
     finally:
         if process.poll() is None:
             process.kill()
     assert not (tmp_path / "killed.out").exists()
     assert load_checkpoint(tmp_path / "killed.ckpt")["epochs_done"] == 1
     rerun = subprocess.run(command("killed"), env=env, cwd=REPO, check=True, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=300)
     assert "resuming from epoch 1 of 3" in rerun.stderr
     reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
     assert resumed["resumed_from_epoch"] == 1 and reference["resumed_from_epoch"] == 0

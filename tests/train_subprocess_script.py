@@ -1,15 +1,17 @@
 """A tiny checkpointed training run, started as a separate process by tests/test_train.py to kill and resume it.
 
-Usage: python tests/train_subprocess_script.py CHECKPOINT OUT [--epochs N] [--batch-delay SECONDS]
-Writes the final weights and history to OUT. With --batch-delay each training batch is delayed and announced
-on stderr ("epoch E batch B"), so a test can kill the process at a known point in the middle of an epoch.
+Usage: python tests/train_subprocess_script.py CHECKPOINT OUT [--epochs N] [--block-at EPOCH BATCH MARKER]
+Writes the final weights and history to OUT. With --block-at the run writes MARKER at that training batch and
+blocks there, so a test kills it at a known point in the middle of an epoch, with no race against the clock.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,11 +36,13 @@ def colour_task(count: int, seed: int, random_labels: bool = False) -> tuple[tor
     return images, labels
 
 
-class AnnouncingSlowLoader:
-    """Wraps a BatchLoader, sleeping before each batch and printing which batch of which epoch comes next."""
+class BlockingLoader:
+    """Wraps a BatchLoader; at batch `batch` of epoch `epoch` it writes `marker` and blocks for good, so a test can
+    SIGKILL the process at exactly that point (the checkpoint of the epoch before is written by then)."""
 
-    def __init__(self, loader: BatchLoader, delay_s: float):
-        self.loader, self.delay_s, self.batch_size = loader, delay_s, loader.batch_size
+    def __init__(self, loader: BatchLoader, epoch: int, batch: int, marker: str):
+        self.loader, self.batch_size = loader, loader.batch_size
+        self.block_at, self.marker = (epoch, batch), Path(marker)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -50,9 +54,31 @@ class AnnouncingSlowLoader:
 
     def __iter__(self):
         for index, batch in enumerate(self.loader):
-            time.sleep(self.delay_s)
-            print(f"epoch {self.epoch} batch {index}", file=sys.stderr, flush=True)
+            if (self.epoch, index) == self.block_at:
+                self.marker.write_text(f"epoch {self.epoch} batch {index}\n")
+                while True:  # until killed
+                    time.sleep(60)
             yield batch
+
+
+def add_block_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--block-at", nargs=3, metavar=("EPOCH", "BATCH", "MARKER"),
+                        help="write MARKER at batch BATCH of epoch EPOCH (0-based) and block there until killed")
+
+
+def maybe_blocking(loader: BatchLoader, block_at) -> BatchLoader | BlockingLoader:
+    return loader if block_at is None else BlockingLoader(loader, int(block_at[0]), int(block_at[1]), block_at[2])
+
+
+def wait_for_marker_and_kill(process, marker: Path, timeout_s: float = 300) -> None:
+    """Wait until the blocked run has written its marker (it cannot move on), then SIGKILL it."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert process.poll() is None, "the run ended before it reached the block point"
+        assert time.monotonic() < deadline, "timed out waiting for the run to reach the block point"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,15 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-delay", type=float, default=0.0)
+    add_block_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # same arithmetic in every run, whatever the machine's load
     seed_everything(0)
     model = build_resnet("resnet8")
     train_loader = BatchLoader(*colour_task(96, seed=1), 16, shuffle=True, augment=True, seed=7)
     test_loader = BatchLoader(*colour_task(50, seed=2), 50, shuffle=False, augment=False)
-    if args.batch_delay > 0:
-        train_loader = AnnouncingSlowLoader(train_loader, args.batch_delay)
+    train_loader = maybe_blocking(train_loader, args.block_at)
     cfg = TrainConfig(epochs=args.epochs, batch_size=16, lr=0.05, device="cpu", seed=0)
     result = train_model(model, train_loader, test_loader, cfg, checkpoint_path=args.checkpoint, progress=False)
     history = [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in result.history]

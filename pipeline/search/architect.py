@@ -24,8 +24,14 @@ class Architect:
                  train_betas: bool, second_order: bool = False,
                  autocast: Callable = lambda: torch.autocast("cpu", enabled=False)):
         self.supernet = supernet
-        self.params = supernet.arch_parameters() + (supernet.beta_parameters() if train_betas else [])
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
+        alphas, betas_ = supernet.arch_parameters(), (supernet.beta_parameters() if train_betas else [])
+        self.params = alphas + betas_
+        # DrNAS with a regularizer takes no weight decay on the alphas on top of it (the relaxation decides, see
+        # relax.py); operator betas trained here keep the requested decay.
+        groups = [{"params": alphas, "weight_decay": supernet.relaxation.arch_weight_decay(weight_decay)}]
+        if betas_:
+            groups.append({"params": betas_, "weight_decay": weight_decay})
+        self.optimizer = torch.optim.Adam(groups, lr=lr, betas=betas)
         self.second_order = second_order
         self.autocast = autocast
 

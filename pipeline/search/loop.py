@@ -74,6 +74,9 @@ class SearchConfig:
                 raise ValueError(f"search.{key}: {getattr(self, key)!r} must be > 0")
         if self.second_order and self.optimizer != "darts":
             raise ValueError("search.second_order: only DARTS has a second-order variant; set it to false")
+        if self.per_site_sample and self.optimizer != "drnas":
+            raise ValueError(f"search.per_site_sample: only DrNAS draws a sample per activation site ({self.optimizer} "
+                             "has one set of operator weights per network pass); set it to false")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"search.warmup_epochs: {self.warmup_epochs} must be in [0, epochs={self.epochs})")
 

@@ -4,8 +4,11 @@
 - `HardGumbel` (GDAS, Dong & Yang 2019): a one-hot sample from Gumbel-softmax with straight-through gradients;
   only the sampled operator is computed; the temperature is annealed; the sample is drawn once per iteration
   (`resample`) and reused by the weight step and the arch step of that iteration.
-- `Dirichlet` (DrNAS, Chen et al. 2021): weights are a reparameterized sample of Dir(elu(alpha) + 1), with a KL
-  (or L2) regularizer per edge towards a flat prior.
+- `Dirichlet` (DrNAS, Chen et al. 2021): weights are a reparameterized sample of Dir(elu(alpha) + 1), with a
+  regularizer per edge: `kl`, KL(Dir(elu(alpha) + 1) || Dir(prior)) towards a flat prior; or `l2`, the penalty
+  reg_scale/2 * ||alpha||^2 on alpha itself (alpha = 0 is concentration 1, the flat prior), whose gradient is what the
+  reference code's Adam weight decay `reg_scale` adds. The regularizer replaces the architecture weight decay: with
+  `kl` or `l2` the architect uses weight decay 0 (`arch_weight_decay`), as the reference does.
 All work on a dict edge -> alpha vector and return a dict edge -> weight vector.
 """
 from __future__ import annotations
@@ -40,6 +43,10 @@ class Relaxation:
 
     def set_progress(self, epoch: int, epochs: int) -> None:
         """Called at the start of every search epoch (temperature schedules)."""
+
+    def arch_weight_decay(self, requested: float) -> float:
+        """The Adam weight decay of the alphas: the requested one, unless the regularizer replaces it."""
+        return requested
 
     def state_dict(self) -> dict:
         return {}
@@ -112,6 +119,11 @@ class Dirichlet(Relaxation):
     def weights(self, alphas):
         return {edge: _Dir(self.concentration(a)).rsample() for edge, a in alphas.items()}
 
+    def arch_weight_decay(self, requested):
+        # The reference (xiangning-chen/DrNAS) sets the alphas' weight decay to 0 with the KL term and to reg_scale
+        # with l2, which the `l2` regularizer below is: a second decay on top would double-count the penalty.
+        return requested if self.kind == "none" else 0.0
+
     def expected(self, alphas):
         out = {}
         for edge, a in alphas.items():
@@ -124,11 +136,11 @@ class Dirichlet(Relaxation):
         if self.kind == "none":
             return total
         for a in alphas.values():  # one Dirichlet per edge, not one over all edges
-            c = self.concentration(a)
             if self.kind == "kl":
+                c = self.concentration(a)
                 total = total + kl_divergence(_Dir(c), _Dir(torch.full_like(c, self.prior)))
-            else:
-                total = total + ((c - self.prior) ** 2).sum()
+            else:  # l2 on alpha itself, as the reference's Adam weight decay: gradient reg_scale * alpha
+                total = total + 0.5 * (a ** 2).sum()
         return self.reg_scale * total
 
 

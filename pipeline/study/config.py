@@ -83,11 +83,16 @@ class SearchParams:
     def config(self, optimizer: str, space: str, device: str = "auto") -> SearchConfig:
         common = {f.name: getattr(self, f.name) for f in dataclasses.fields(SearchConfig)
                   if hasattr(self, f.name) and f.name not in ("optimizer", "space", "device")}
-        return SearchConfig(optimizer=optimizer, space=space, device=device, **common,
-                            second_order=optimizer == "darts" and self.darts["second_order"],
-                            tau_max=self.gdas["tau_max"], tau_min=self.gdas["tau_min"],
-                            drnas_regularizer=self.drnas["regularizer"], drnas_reg_scale=self.drnas["reg_scale"],
-                            per_site_sample=self.drnas["per_site_sample"])
+        # Each optimizer reads only its own section (dvc.yaml lists only `search.<optimizer>` for its stage).
+        own: dict = {}
+        if optimizer == "darts":
+            own = {"second_order": self.darts["second_order"]}
+        elif optimizer == "gdas":
+            own = {"tau_max": self.gdas["tau_max"], "tau_min": self.gdas["tau_min"]}
+        elif optimizer == "drnas":
+            own = {"drnas_regularizer": self.drnas["regularizer"], "drnas_reg_scale": self.drnas["reg_scale"],
+                   "per_site_sample": self.drnas["per_site_sample"]}
+        return SearchConfig(optimizer=optimizer, space=space, device=device, **common, **own)
 
     def names(self) -> list[str]:
         """The searched activations, `<optimizer>-<space>`, in params order."""
