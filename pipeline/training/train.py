@@ -132,6 +132,11 @@ def _train_epoch(model, loader, optimizer, criterion, cfg: TrainConfig, device: 
     return accumulator, _diverged(accumulator, cfg)
 
 
+def _evaluates_after(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether the test set is evaluated after 0-based `epoch`: every cfg.eval_every-th epoch and the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
 def _steps_per_epoch(train_loader, test_loader, cfg: TrainConfig) -> int:
     for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
         try:
@@ -178,6 +183,9 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if isinstance(cfg.eval_every, bool) or not isinstance(cfg.eval_every, int) or cfg.eval_every < 1:
+        raise ValueError(f"TrainConfig.eval_every={cfg.eval_every!r} is invalid: expected an int >= 1 "
+                         f"(1: evaluate the test set after every epoch)")
     steps_per_epoch = _steps_per_epoch(train_loader, test_loader, cfg)
     device = resolve_device(cfg.device)
     expected = {"config": trajectory_config(cfg), "model_signature": model_signature(model),
@@ -214,6 +222,8 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
         if diverged:
             test, diverged_epoch = dict(NAN_METRICS), epoch + 1
             logger.warning("training diverged in epoch %d (running loss %s)", epoch + 1, train.mean_loss())
+        elif not _evaluates_after(epoch, cfg):
+            test = dict(NAN_METRICS)
         else:
             test_accumulator = _evaluate(model, test_loader, device, cfg.amp)
             test, num_classes = test_accumulator.result(), test_accumulator.num_classes

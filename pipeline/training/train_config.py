@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     divergence_loss: float = 1e3  # a running epoch loss above this (or non-finite) = diverged
     chance_margin: float = 5.0  # final top-1 <= chance + this many points = failed to learn
+    eval_every: int = 1  # evaluate the test set after every N-th epoch and always after the last
 
     def _fail(self, name: str, allowed: str) -> None:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
