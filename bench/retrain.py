@@ -13,8 +13,8 @@ changes the trajectory.
 
 Variants: `plain`; `project` (train_model, eval_every = epochs); `project-eval-each` (train_model evaluating the
 test set after every epoch, the default before eval_every existed); `plain-nondeterministic` (the plain loop
-without torch's deterministic algorithms, which train_model asks for on CPU). The runs are interleaved, and the order of the variants alternates between repeats, so that a drift of
-the machine's speed (tens of percent within a minute on a shared machine) lands on every variant alike; the
+without torch's deterministic algorithms, which train_model asks for on CPU). The runs are interleaved, and the
+order of the variants alternates between repeats, so that a drift of the machine's speed (tens of percent within a minute on a shared machine) lands on every variant alike; the
 ratio to `plain` of each repeat's neighbouring runs is reported, with its median over repeats.
 `--profile` runs one `project` training under cProfile and prints the functions with the most cumulative time.
 """
