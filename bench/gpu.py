@@ -61,10 +61,15 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-bench"))
     p.add_argument("--seconds", type=float, default=5.0, help="timed window per job after its warmup")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny batches, short windows: a test of the script")
+    p.add_argument("--only", default=None, help="comma-separated job names to run (default: all, in order)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one job as JSON (internal)
     args = p.parse_args(argv)
     if args.budget <= 0 or args.seconds <= 0:
         p.error("--budget and --seconds must be positive")
+    names = [name for name, _, _ in JOBS]
+    args.only = args.only.split(",") if args.only else names
+    if set(args.only) - set(names):
+        p.error(f"unknown job(s) {sorted(set(args.only) - set(names))}; the jobs are: {', '.join(names)}")
     return args
 
 
@@ -160,6 +165,8 @@ def launch(job, processes: int, timeout: float) -> dict:
 def plan(args) -> list[tuple[str, dict, float]]:
     jobs = []
     for name, job, estimate in JOBS:
+        if name not in args.only:
+            continue
         job = job | {"device": "auto", "warmup": 3, "seconds": args.seconds, "chunk": 10}
         if args.dry_run:
             job |= {"device": "cpu", "batch": 4, "warmup": 1, "chunk": 1, "backend": "eager",
