@@ -13,7 +13,8 @@ changes the trajectory.
 
 Variants: `plain`; `project` (train_model, eval_every = epochs); `project-eval-each` (train_model evaluating the
 test set after every epoch, the default before eval_every existed); `plain-nondeterministic` (the plain loop
-without torch's deterministic algorithms, which train_model asks for on CPU). The runs are interleaved, and the
+without torch's deterministic algorithms, which train_model asks for on CPU); `plain-nan-fill` (deterministic
+with torch's default of filling new tensors with NaN, which seed_everything turns off). The runs are interleaved, and the
 order of the variants alternates between repeats, so that a drift of the machine's speed (tens of percent within a minute on a shared machine) lands on every variant alike; the
 ratio to `plain` of each repeat's neighbouring runs is reported, with its median over repeats.
 `--profile` runs one `project` training under cProfile and prints the functions with the most cumulative time.
@@ -42,7 +43,7 @@ from pipeline.training.device import seed_everything  # noqa: E402
 from pipeline.training.train import evaluate, parameter_groups, train_model  # noqa: E402
 from pipeline.training.train_config import TrainConfig, learning_rate  # noqa: E402
 
-VARIANTS = ("plain", "project", "project-eval-each", "plain-nondeterministic")
+VARIANTS = ("plain", "project", "project-eval-each", "plain-nondeterministic", "plain-nan-fill")
 
 
 def parse_args(argv=None):
@@ -86,10 +87,12 @@ def fresh_model(network: str, cfg: TrainConfig) -> nn.Module:
     return build_resnet(network)
 
 
-def plain_loop(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, deterministic: bool = True) -> dict:
+def plain_loop(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, deterministic: bool = True,
+               nan_fill: bool = False) -> dict:
     """The tutorial loop, with the project's learning-rate function and parameter groups so that both compute
     the same trajectory."""
     seed_everything(cfg.seed, deterministic=deterministic)
+    torch.utils.deterministic.fill_uninitialized_memory = nan_fill
     optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
     steps = len(train_loader)
@@ -114,7 +117,9 @@ def run_variant(variant: str, args, loaders) -> dict:
         cfg = recipe(args)
         model = fresh_model(args.network, cfg)
         started = clock()
-        final = plain_loop(model, train_loader, test_loader, cfg, deterministic=variant == "plain")
+        final = plain_loop(model, train_loader, test_loader, cfg, deterministic=variant != "plain-nondeterministic",
+                           nan_fill=variant == "plain-nan-fill")
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         cfg = recipe(args, eval_every=1 if variant == "project-eval-each" else args.epochs)
         model = fresh_model(args.network, cfg)
