@@ -9,6 +9,9 @@ Choices (documented because results depend on them):
   state to save).
 - The training loss (with label smoothing, the optimised objective) and top-k come from the training batches
   in train mode; the test loss is plain cross-entropy (no smoothing) in eval mode.
+- The test set is evaluated after every `eval_every`-th epoch and after the last (the result); the records of the
+  other epochs hold NaN test metrics. Evaluation runs in eval mode without gradients and draws no random numbers,
+  so how often it runs does not change the weights.
 - `train_loader.set_epoch(e)` is called with the 0-based epoch index e; records count epochs from 1.
 - `on_epoch(record)` runs before the epoch's checkpoint is written: a kill in between re-runs and
   re-reports that epoch (at-least-once), rather than losing its report.
@@ -176,7 +179,8 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
     """Train `model` (logits output) with SGD for cfg.epochs, resuming from `checkpoint_path` if it exists.
 
     Each epoch appends a record {epoch, lr, train_loss, train_top1, train_top5, test_loss, test_top1,
-    test_top5, epoch_time_s} (lr: at the epoch's first iteration), calls `on_epoch(record)`, then saves a
+    test_top5, epoch_time_s} (lr: at the epoch's first iteration; test_*: NaN where the epoch is not evaluated,
+    see cfg.eval_every), calls `on_epoch(record)`, then saves a
     checkpoint. `checkpoint_meta` (JSON-able, e.g. network and activation names) must match on resume.
     Divergence never raises: it ends training with status "diverged". Every RNG is re-seeded with cfg.seed
     at the start (the model's initialisation is the caller's: seed before building it).
