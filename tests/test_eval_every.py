@@ -29,12 +29,13 @@ class CountingLoader(BatchLoader):
         return super().__iter__()
 
 
-def run(eval_every: int, epochs: int = 5, checkpoint_path=None):
+def run(eval_every: int, epochs: int = 5, checkpoint_path=None, deterministic: bool = True):
     seed_everything(0)
     model = build_resnet("resnet8")
     train = BatchLoader(*colour_task(64, 1), 8, shuffle=True, augment=True, seed=3)
     test = CountingLoader(*colour_task(40, 2), 20, shuffle=False, augment=False)
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, device="cpu", eval_every=eval_every)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, device="cpu", eval_every=eval_every,
+                      deterministic=deterministic)
     return model, train_model(model, train, test, cfg, progress=False, checkpoint_path=checkpoint_path), test
 
 

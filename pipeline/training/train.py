@@ -195,7 +195,9 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
     expected = {"config": trajectory_config(cfg), "model_signature": model_signature(model),
                 "steps_per_epoch": steps_per_epoch, "meta": dict(checkpoint_meta or {})}
     config_fingerprint(expected["meta"])  # fails early, with a clear message, if the meta is not JSON-able
-    seed_everything(cfg.seed, deterministic=device.type == "cpu")
+    if not isinstance(cfg.deterministic, bool):
+        raise ValueError(f"TrainConfig.deterministic={cfg.deterministic!r} is invalid: expected True or False")
+    seed_everything(cfg.seed, deterministic=cfg.deterministic and device.type == "cpu")
     model.to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
