@@ -95,15 +95,23 @@ class Bench:
         """(compile seconds, median step seconds, median reference step seconds or nan). The first warmup step
         compiles the fused kernels; with `replay` (a GDAS relaxation) the warmup draws the same operator samples
         as the timed steps, so that the operator kernels those samples need are compiled before timing (steady
-        state of a long search). A `reference` step (ReLU) is timed right after each timed step: the machine's
-        speed drifts by tens of percent over a minute here, and a ratio of neighbouring steps cancels it."""
+        state of a long search). A `reference` step (ReLU) is timed next to each timed step: the machine's
+        speed drifts by tens of percent over a minute here, and a ratio of neighbouring steps cancels it. The
+        reference also gets a warmup step (its caches and allocator are as warm as the variant's), and which of
+        the two goes first alternates: a step that follows the other network's step finds its weights and
+        activations out of cache, a cost that a fixed order puts on one side only (the relu row read 1.1-1.2)."""
         state = replay.generator.get_state() if replay is not None else None
         times, reference_times = [], []
         for i in range(warmup + steps):
             if replay is not None and i == warmup:
                 replay.generator.set_state(state)
+            if reference is not None and i == warmup:
+                self._time(reference)
+            reference_first = reference is not None and i >= warmup and (i - warmup) % 2 == 1
+            if reference_first:
+                reference_times.append(self._time(reference))
             times.append(self._time(step))
-            if reference is not None and i >= warmup:
+            if reference is not None and i >= warmup and not reference_first:
                 reference_times.append(self._time(reference))
         median = statistics.median(times[warmup:])
         return (sum(times[:warmup]) - warmup * median, median,

@@ -1,6 +1,6 @@
 """Training throughput and peak memory of every activation variant, side by side, with ratios to ReLU.
 
-    python bench/throughput.py [--json FILE] [--quick] [--device auto|cpu|cuda] [--batch 128] [--threads 2]
+    python bench/throughput.py [--json FILE] [--quick] [--device auto|cpu|cuda] [--batch 128] [--threads 1,2]
 
 Rows, per network (ResNet8 and ResNet20): ReLU and Swish (built-in nn modules); the DARTS, GDAS and DrNAS
 supernets, simple and complex spaces, operator set "grafs" (the search's weight step: forward, backward, gradient
@@ -35,7 +35,9 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench  # noqa: E402,F401 (GENOTYPES: for callers)
+from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench  # noqa: E402
 from pipeline.training.device import resolve_device  # noqa: E402
 from pipeline.space.models import DEPTHS  # noqa: E402
 
@@ -56,22 +58,31 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="ResNet8 only, fewer steps (a smoke run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the ratios depend on it)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5, quick 3)")
+    p.add_argument("--threads", default=None,
+                   help="torch CPU threads, comma-separated (default 1 and all cores): the ratios depend on it; "
+                        "each count runs in its own process (inductor fixes a kernel's thread count when it compiles)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 6, quick 4; even: "
+                                                           "half of them run after the ReLU reference step)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first one compiles)")
     p.add_argument("--networks", default=None, help="comma-separated (default resnet8,resnet20; quick resnet8)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this process's CPU time, which a loaded machine's time-slicing leaves intact; "
                         "meaningful with --threads 1 on CPU only")
     args = p.parse_args(argv)
-    if args.batch < 1 or args.threads < 1 or args.warmup < 1 or (args.steps is not None and args.steps < 1):
+    try:
+        default = "1" if args.clock == "cpu" else f"1,{os.cpu_count() or 1}"
+        args.threads = [int(t) for t in (args.threads or default).split(",")]
+    except ValueError:
+        p.error(f"--threads must be comma-separated integers such as 1,2, got {args.threads!r}")
+    args.threads = sorted(set(args.threads))
+    if args.batch < 1 or min(args.threads) < 1 or args.warmup < 1 or (args.steps is not None and args.steps < 1):
         p.error("--batch, --threads, --warmup and --steps must be positive")
-    args.steps = args.steps or (3 if args.quick else 5)
+    args.steps = args.steps or (4 if args.quick else 6)
     args.networks = (args.networks or ("resnet8" if args.quick else "resnet8,resnet20")).split(",")
     unknown = [n for n in args.networks if n not in DEPTHS]
     if unknown:
         p.error(f"unknown network(s) {unknown}; choose from {sorted(DEPTHS)}")
-    if args.clock == "cpu" and args.threads != 1:
+    if args.clock == "cpu" and args.threads != [1]:
         p.error("--clock cpu needs --threads 1 (with more threads CPU time includes OpenMP's busy waiting)")
     return args
 
@@ -83,6 +94,9 @@ def main(argv=None) -> list[dict]:
         device = resolve_device(args.device)
     except ValueError as err:
         raise SystemExit(f"throughput.py: error: {err}") from None
+    if len(args.threads) > 1:
+        return run_thread_counts(args, device)
+    [args.threads] = args.threads
     torch.set_num_threads(args.threads)
     bench = Bench(args, device)
     started, load_before = time.time(), os.getloadavg()
@@ -108,6 +122,60 @@ def main(argv=None) -> list[dict]:
     return records
 
 
+def run_thread_counts(args, device) -> list[dict]:
+    """Each thread count in a fresh process of this script, one after the other; then the headline table over all."""
+    records, started = [], time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        for threads in args.threads:
+            out = Path(folder) / f"threads{threads}.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), "--json", str(out),
+                       "--device", args.device, "--batch", str(args.batch), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--networks", ",".join(args.networks), "--clock", args.clock]
+            print(f"--- {threads} thread(s) ---", flush=True)
+            subprocess.run(command + (["--quick"] if args.quick else []), check=True)
+            records += json.loads(out.read_text())
+    print(f"\n{len(args.threads)} thread counts in {time.time() - started:.0f} s")
+    print_headline(records, device, args)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.write_text(headline_markdown(records) + "\n" + markdown_table(records))
+        print(f"wrote {args.markdown}")
+    return records
+
+
+def _headline_rows(records) -> tuple[list[str], list[list[str]]]:
+    """Per supernet variant and thread count: train step / ReLU step per network, search iteration / ReLU step."""
+    by = {(r["threads"], r["network"], r["variant"], r["kind"]): r for r in records if "error" not in r}
+    threads = sorted({r["threads"] for r in records if "threads" in r})
+    networks = [n for n in DEPTHS if any(key[1] == n for key in by)]
+    header = ["variant", "threads"] + [f"{n} train step / ReLU" for n in networks] + \
+             [f"{SEARCH_NETWORK} search iteration / ReLU step"]
+    rows = []
+    for variant in ["relu", "swish", *(f"genotype {g}" for g in GENOTYPES), *SUPERNETS]:
+        for t in threads:
+            cells = [by.get((t, n, variant, "train_step"), {}).get("ratio_to_relu", math.nan) for n in networks]
+            cells.append(by.get((t, SEARCH_NETWORK, variant, "search_iteration"), {}).get("ratio_to_relu", math.nan))
+            if any(math.isfinite(c) for c in cells):
+                rows.append([variant, str(t)] + [f"{c:.2f}" if math.isfinite(c) else "-" for c in cells])
+    return header, rows
+
+
+def print_headline(records, device, args):
+    header, rows = _headline_rows(records)
+    print(f"\nheadline on {device} (ratios to a ReLU training step, same process; images per second):")
+    print("  ".join(f"{h:>22s}" if i else f"{h:24s}" for i, h in enumerate(header)))
+    for row in rows:
+        print("  ".join(f"{c:>22s}" if i else f"{c:24s}" for i, c in enumerate(row)))
+
+
+def headline_markdown(records) -> str:
+    header, rows = _headline_rows(records)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
 def finish(records, args, device, seconds, load_before):
     relu = {r["network"]: r for r in records if r.get("variant") == "relu" and r.get("kind") == "train_step"}
     for r in records:
@@ -124,6 +192,7 @@ def finish(records, args, device, seconds, load_before):
             for network, base in relu.items():
                 r[f"share_of_step_{network}"] = r["step_ms"] / (r["step_ms"] + base["step_ms"])
     print_table(records, device, args, seconds, load_before)
+    print_headline(records, device, args)
     print_targets(records)
     print_protocol_estimate(records, device)
     if args.json:
@@ -152,8 +221,9 @@ def print_table(records, device, args, seconds, load_before):
 
 
 def markdown_table(records) -> str:
-    lines = ["| network | variant | images/s | ratio to ReLU | peak memory (MB) | memory vs ReLU | compile (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| network | threads | variant | images/s | ratio to ReLU | peak memory (MB) | memory vs ReLU "
+             "| compile (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r or r["kind"] == "data_loading":
             continue
@@ -162,7 +232,7 @@ def markdown_table(records) -> str:
         cells += ["", ""] if r["kind"] == "search_iteration" else [f"{r['peak_mem_mb']:.0f}",
                                                                     f"{r.get('mem_ratio_to_relu', math.nan):.2f}"]
         cells.append(f"{max(r.get('compile_s', 0.0), 0.0):.1f}")
-        lines.append(f"| {r['network']} | {variant} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['network']} | {r['threads']} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

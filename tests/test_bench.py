@@ -34,7 +34,7 @@ def test_quick_run_writes_a_record_per_variant(tmp_path, capsys):
     assert len(loading) == 1 and 0 < loading[0]["share_of_step_resnet8"] < 1
     rows = table.read_text().splitlines()[2:]
     assert len(rows) == len(steps) + len(searches)  # one per step and search record; loading is in the text
-    assert rows[0].startswith("| resnet8 | relu | ") and "darts-simple (search iteration)" in "".join(rows)
+    assert rows[0].startswith("| resnet8 | 1 | relu | ") and "darts-simple (search iteration)" in "".join(rows)
     printed = capsys.readouterr().out
     assert "targets (x ReLU, same run):" in printed and "full protocol estimate" in printed
 

@@ -105,7 +105,8 @@ class DiscretizeParams:
 
 
 _TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
-                 "gamma", "warmup_epochs", "label_smoothing", "grad_clip", "amp", "divergence_loss", "chance_margin")
+                 "gamma", "warmup_epochs", "label_smoothing", "grad_clip", "amp", "divergence_loss", "chance_margin",
+                 "eval_every", "deterministic")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class EvaluateParams:
     train_betas: bool
     divergence_loss: float
     chance_margin: float
+    eval_every: int
+    deterministic: bool
 
     def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
         values = {name: getattr(self, name) for name in _TRAIN_FIELDS}

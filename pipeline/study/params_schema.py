@@ -96,6 +96,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "warmup_epochs": integer(0), "label_smoothing": number(0, 1), "grad_clip": optional(number(0, low_open=True)),
         "amp": boolean, "beta_mode": choice(BETA_MODES), "train_betas": boolean,
         "divergence_loss": number(0, low_open=True), "chance_margin": number(0, 100),
+        "eval_every": integer(1), "deterministic": boolean,
     },
     "cluster": CLUSTER,
 }

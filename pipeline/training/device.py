@@ -79,6 +79,10 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # warn_only: an op without a deterministic kernel should warn, not kill a long run.
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Deterministic mode also fills every new tensor's memory with NaN before the op writes it, a debugging aid
+    # that costs a pass over each output (bench/retrain.py: several percent of a CPU training step). The results
+    # do not depend on it, as no kernel reads memory it has not written.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 

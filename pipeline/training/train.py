@@ -9,6 +9,9 @@ Choices (documented because results depend on them):
   state to save).
 - The training loss (with label smoothing, the optimised objective) and top-k come from the training batches
   in train mode; the test loss is plain cross-entropy (no smoothing) in eval mode.
+- The test set is evaluated after every `eval_every`-th epoch and after the last (the result); the records of the
+  other epochs hold NaN test metrics. Evaluation runs in eval mode without gradients and draws no random numbers,
+  so how often it runs does not change the weights.
 - `train_loader.set_epoch(e)` is called with the 0-based epoch index e; records count epochs from 1.
 - `on_epoch(record)` runs before the epoch's checkpoint is written: a kill in between re-runs and
   re-reports that epoch (at-least-once), rather than losing its report.
@@ -132,6 +135,11 @@ def _train_epoch(model, loader, optimizer, criterion, cfg: TrainConfig, device: 
     return accumulator, _diverged(accumulator, cfg)
 
 
+def _evaluates_after(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether the test set is evaluated after 0-based `epoch`: every cfg.eval_every-th epoch and the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
 def _steps_per_epoch(train_loader, test_loader, cfg: TrainConfig) -> int:
     for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
         try:
@@ -171,19 +179,25 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
     """Train `model` (logits output) with SGD for cfg.epochs, resuming from `checkpoint_path` if it exists.
 
     Each epoch appends a record {epoch, lr, train_loss, train_top1, train_top5, test_loss, test_top1,
-    test_top5, epoch_time_s} (lr: at the epoch's first iteration), calls `on_epoch(record)`, then saves a
+    test_top5, epoch_time_s} (lr: at the epoch's first iteration; test_*: NaN where the epoch is not evaluated,
+    see cfg.eval_every), calls `on_epoch(record)`, then saves a
     checkpoint. `checkpoint_meta` (JSON-able, e.g. network and activation names) must match on resume.
     Divergence never raises: it ends training with status "diverged". Every RNG is re-seeded with cfg.seed
     at the start (the model's initialisation is the caller's: seed before building it).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if isinstance(cfg.eval_every, bool) or not isinstance(cfg.eval_every, int) or cfg.eval_every < 1:
+        raise ValueError(f"TrainConfig.eval_every={cfg.eval_every!r} is invalid: expected an int >= 1 "
+                         f"(1: evaluate the test set after every epoch)")
     steps_per_epoch = _steps_per_epoch(train_loader, test_loader, cfg)
     device = resolve_device(cfg.device)
     expected = {"config": trajectory_config(cfg), "model_signature": model_signature(model),
                 "steps_per_epoch": steps_per_epoch, "meta": dict(checkpoint_meta or {})}
     config_fingerprint(expected["meta"])  # fails early, with a clear message, if the meta is not JSON-able
-    seed_everything(cfg.seed, deterministic=device.type == "cpu")
+    if not isinstance(cfg.deterministic, bool):
+        raise ValueError(f"TrainConfig.deterministic={cfg.deterministic!r} is invalid: expected True or False")
+    seed_everything(cfg.seed, deterministic=cfg.deterministic and device.type == "cpu")
     model.to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
@@ -214,6 +228,8 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
         if diverged:
             test, diverged_epoch = dict(NAN_METRICS), epoch + 1
             logger.warning("training diverged in epoch %d (running loss %s)", epoch + 1, train.mean_loss())
+        elif not _evaluates_after(epoch, cfg):
+            test = dict(NAN_METRICS)
         else:
             test_accumulator = _evaluate(model, test_loader, device, cfg.amp)
             test, num_classes = test_accumulator.result(), test_accumulator.num_classes

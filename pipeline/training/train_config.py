@@ -2,7 +2,8 @@
 
 - The learning rate is set before every iteration from a pure function of the global step
   (`learning_rate`), so the schedule has no state to save: resuming after N epochs continues at step
-  N * steps_per_epoch. Milestones and warmup are given in epochs; warmup is linear from lr/warmup_steps.
+  N * steps_per_epoch. Milestones and warmup are given in epochs; warmup is linear from lr/warmup_steps
+  (onecycle: its rise is half a cosine from lr/25).
 - `trajectory_config` names the fields a checkpoint must match to be resumed. The loop is `pipeline.training.train`.
 """
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-SCHEDULES = ("cosine", "multistep", "constant")
+SCHEDULES = ("cosine", "multistep", "constant", "onecycle")
+ONECYCLE_START_DIVISOR = 25.0  # onecycle starts at lr / 25, as torch.optim.lr_scheduler.OneCycleLR does
 # Fields that do not change the weights' trajectory, so a resumed run may change them.
 _OUTSIDE_FINGERPRINT = ("device", "divergence_loss", "chance_margin")
 
@@ -36,6 +38,8 @@ class TrainConfig:
     seed: int = 0
     divergence_loss: float = 1e3  # a running epoch loss above this (or non-finite) = diverged
     chance_margin: float = 5.0  # final top-1 <= chance + this many points = failed to learn
+    eval_every: int = 1  # evaluate the test set after every N-th epoch and always after the last
+    deterministic: bool = True  # CPU: torch's deterministic algorithms (bit-exact resume), ~10% of a step
 
     def _fail(self, name: str, allowed: str) -> None:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
@@ -89,12 +93,12 @@ class TrainConfig:
 def trajectory_config(cfg: TrainConfig) -> dict:
     """The config fields that determine the weights; a checkpoint only resumes a run with equal ones.
 
-    `epochs` only shapes the cosine schedule; with the other schedules a finished run may be extended.
+    `epochs` only shapes the cosine and onecycle schedules; with the others a finished run may be extended.
     """
     values = dataclasses.asdict(cfg)
     for name in _OUTSIDE_FINGERPRINT:
         values.pop(name)
-    if cfg.schedule != "cosine":
+    if cfg.schedule not in ("cosine", "onecycle"):
         values.pop("epochs")
     return values
 
@@ -102,6 +106,8 @@ def trajectory_config(cfg: TrainConfig) -> dict:
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate for global iteration `step` (0-based)."""
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return _one_cycle(cfg, step, warmup_steps, cfg.epochs * steps_per_epoch)
     if step < warmup_steps:
         return cfg.lr * (step + 1) / warmup_steps
     if cfg.schedule == "constant":
@@ -112,3 +118,14 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     progress = (step - warmup_steps) / max(1, cfg.epochs * steps_per_epoch - warmup_steps)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+
+
+def _one_cycle(cfg: TrainConfig, step: int, rise_steps: int, total_steps: int) -> float:
+    """Half a cosine up from lr / 25 to lr over the warmup epochs (one step at least), then half a cosine down towards 0
+    (as cosine does): the shape of torch's OneCycleLR (without its momentum cycling), with the rise in epochs."""
+    rise_steps = max(1, rise_steps)
+    if step < rise_steps:
+        start = cfg.lr / ONECYCLE_START_DIVISOR
+        return start + (cfg.lr - start) * 0.5 * (1.0 - math.cos(math.pi * step / rise_steps))
+    progress = min(1.0, (step - rise_steps) / max(1, total_steps - rise_steps))
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
