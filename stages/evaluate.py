@@ -8,7 +8,6 @@ failed_to_learn, time per epoch), history.csv (per epoch), weights.pt (state dic
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
 import torch
 
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> None:
             "formula": formula}
     if args.origin == "searched":
         tags["optimizer"], tags["space"] = args.activation.split("-")
-    run_params = {"train": asdict(cfg), "beta_mode": params.evaluate.beta_mode,
+    run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode,
                   "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:
         def log_epoch(record: dict) -> None:

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
         return
     params = start(STAGE)
     cfg = params.data
-    with stage_run(params, STAGE, {}, {"data": vars(cfg)}) as mlflow_run:
+    with stage_run(params, STAGE, {}, {"data": cfg.model_dump()}) as mlflow_run:
         data = load_cifar10(params.source_path(), ROOT / cfg.cache_dir)
         train = balanced_subset(data.train_labels, cfg.train_size or len(data.train_labels), cfg.seed)
         test = balanced_subset(data.test_labels, cfg.test_size or len(data.test_labels), cfg.seed)
