@@ -139,7 +139,7 @@ def test_torchvision_source_explains_the_one_off_download(project):
     root, raw = project
     raw["data"]["source"] = "torchvision"
     message = error_of(raw, root, check_paths=True)
-    assert "python -m stages.prepare --download" in message and "data.source" in message
+    assert "cifar-10-python.tar.gz" in message and "ACTSEARCH_CIFAR10" in message and "data.source" in message
 
 
 def test_existing_local_source_passes(project):

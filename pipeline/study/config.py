@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from pipeline.data.download import CIFAR10_URL, OFFLINE_ENV, is_url
 from pipeline.data.sources import ARCHIVE_SUFFIXES
 from pipeline.search.search_config import OPTIMIZERS, Network, Optimizer, SearchConfig, SearchSettings, Space
 from pipeline.space.genotype import BASELINES, BETA_MODES, Genotype
@@ -80,7 +81,10 @@ class PreflightParams(BaseModel):
 
 class DataParams(BaseModel):
     model_config = SETTINGS
-    source: str = Field(min_length=1, description="archive, cifar-10-batches-py folder or train/ test/ image tree")
+    source: str = Field(min_length=1, description="a URL (the original CIFAR-10, fetched once by the download "
+                        "stage) or a local archive, cifar-10-batches-py folder or train/ test/ image tree; offline, "
+                        f"the environment variable {OFFLINE_ENV} wins")
+    md5: Optional[str] = Field(pattern=r"^[0-9a-f]{32}$", description="MD5 of the download; null: unchecked")
     cache_dir: str = Field(min_length=1, description="decoded-image cache (not a DVC output)")
     train_size: Optional[int] = Field(ge=1, le=CIFAR_TRAIN_IMAGES, description="balanced subset; null: all")
     test_size: Optional[int] = Field(ge=1, le=CIFAR_TEST_IMAGES, description="balanced subset; null: all")
@@ -261,15 +265,20 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
 def _check_paths(params: Params) -> None:
     source = params.data.source
     if source == "torchvision":
-        raise bad("data.source", source, "a local path that DVC can hash; download once with "
-                  "`python -m stages.prepare --download data/torchvision` (needs internet), then set "
-                  "data.source: data/torchvision/cifar-10-batches-py")
+        raise bad("data.source", source, f"the URL of the original archive ({CIFAR10_URL}), which the download "
+                  f"stage fetches once, or a local copy (offline: {OFFLINE_ENV}=/path/to/copy)")
+    if is_url(source):
+        return _check_custom(params)
     path = params.source_path()
     kinds = f"an archive ({', '.join(ARCHIVE_SUFFIXES)}), a cifar-10-batches-py folder or a train/ test/ image tree"
     if not path.exists():
         raise bad("data.source", source, f"an existing path ({path} does not exist): {kinds}")
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise bad("data.source", source, kinds)
+    _check_custom(params)
+
+
+def _check_custom(params: Params) -> None:
     for name in params.evaluate.custom:
         file = params.custom_path(name)
         if not file.is_file():
