@@ -1,7 +1,9 @@
 """End to end: the real `dvc repro` on a copy of the project with the CI preset and real CIFAR-10 images.
 
-Checks the results table, the DVC metric, the MLflow runs (tags, metrics, artifacts), that a second `dvc repro`
-runs nothing, and that changing one evaluation param reruns only the evaluate stages and aggregate. A custom
+Checks the results table, the DVC metric, the MLflow runs (tags, metrics, artifacts), a logged MLflow model that
+loads and computes what the saved weights compute, the registered best searched network, that a second `dvc repro`
+runs nothing, and a DVC experiment: `dvc exp run -S evaluate.epochs=...` reruns only the evaluate stages and
+aggregate, `dvc exp show` lists it with its metrics and `dvc metrics diff` shows the change. A custom
 activation, 1e6 * x, diverges inside the pipeline: its status reaches the metric, MLflow and the table while the
 other rows stay complete (issue 6).
 """
@@ -48,9 +50,10 @@ def dvc(project: Path, *args: str) -> str:
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="true", ACTSEARCH_CIFAR10=str(SHARED_ARCHIVE),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                # Compiling the fused search cell costs more than these few steps take; eager is the same math.
-               ACTSEARCH_FUSED="eager")
+               ACTSEARCH_FUSED="eager", GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@example.invalid",
+               GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@example.invalid")  # dvc exp commits
     done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{output[-6000:]}"
     return output
@@ -117,9 +120,22 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert not ran_stages(second), second
     assert "up to date" in second or "didn't change" in second
 
-    edit_params(project, lambda p: p["evaluate"].__setitem__("epochs", p["evaluate"]["epochs"] - 1))
-    third = dvc(project, "repro")
-    assert ran_stages(third) == evaluate_stages | {"aggregate"}
+    # A DVC experiment against the committed study: only the stages that read the changed param rerun.
+    subprocess.run(GIT + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "baseline study"], cwd=project, check=True)
+    epochs = params["evaluate"]["epochs"] - 1
+    experiment = dvc(project, "exp", "run", "-n", "shorter", "-S", f"evaluate.epochs={epochs}")
+    assert ran_stages(experiment) == evaluate_stages | {"aggregate"}
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    found = [exp["revs"][0] for entry in shown for exp in (entry.get("experiments") or [])
+             if exp["revs"][0].get("name") == "shorter"]
+    assert len(found) == 1, shown
+    data = found[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] == epochs
+    assert "relu" in data["metrics"]["reports/summary.json"]["data"]
+    diff = json.loads(dvc(project, "metrics", "diff", "--json"))["reports/summary.json"]
+    changed = {key for key, entry in diff.items() if entry.get("diff")}
+    assert f"relu.{networks[0]}.top1_mean" in changed or f"relu.{networks[0]}.top5_mean" in changed, diff
 
 
 def check_mlflow(project: Path, experiment: str, stages: set[str], searched: list[str]) -> None:
@@ -149,7 +165,51 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], searched: lis
     history = client.get_metric_history(relu.info.run_id, "test_top1")
     assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 2
     assert {a.path for a in client.list_artifacts(relu.info.run_id)} >= {"history.csv", "genotype.json",
-                                                                          "metrics.json", "weights"}
+                                                                          "metrics.json"}
+    check_logged_model(project, relu.data.tags["network"], relu.data.tags["seed"])
+    check_registered_best(project, experiment, runs["aggregate"].info.run_id)
+
     aggregate = runs["aggregate"]
     assert {a.path for a in client.list_artifacts(aggregate.info.run_id)} >= {"results.csv", "results.md",
                                                                               "summary.json", "figures"}
+
+
+def check_logged_model(project: Path, network: str, seed: str) -> None:
+    """The relu network logged by its evaluate stage loads with mlflow.pytorch.load_model and gives the logits of
+    the saved weights on test images."""
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.data.augment import BatchLoader
+    from pipeline.kernels.fused_genotype import fast_forward
+    from pipeline.space.genotype import RELU
+    from pipeline.space.models import build_resnet
+
+    out = project / "results" / "evaluate" / "relu" / network / f"seed{seed}"
+    uri = json.loads((out / "metrics.json").read_text())["model_uri"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(uri).eval()
+    saved = build_resnet(network, RELU.factory("scalar", True, fast_forward))
+    saved.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    data = torch.load(project / "data" / "prepared" / "cifar10.pt", weights_only=True)
+    images, _ = next(iter(BatchLoader(data["test_images"][:16], data["test_labels"][:16], 16, shuffle=False,
+                                      augment=False)))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), saved.eval()(images))
+
+
+def check_registered_best(project: Path, experiment: str, aggregate_run_id: str) -> None:
+    """The best searched activation that trained normally is registered with its tags (none if none did)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    versions = client.search_model_versions(f"name = '{experiment}-best-searched'")
+    trained = [name for name, entry in summary.items() if "-" in name and name != "exploding"
+               and any(isinstance(v, dict) and v.get("top1_mean") is not None for v in entry.values())]
+    if not trained:
+        assert not versions
+        return
+    assert len(versions) == 1
+    tags = versions[0].tags
+    assert tags["activation"] in trained and tags["formula"] and float(tags["test_top1"]) > 0
