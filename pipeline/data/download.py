@@ -36,8 +36,11 @@ def is_url(source: str) -> bool:
 
 
 def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "md5").hexdigest()
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def urlretrieve(url: str, target: Path) -> None:
