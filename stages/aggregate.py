@@ -10,6 +10,7 @@ runs of earlier parameters); the MLflow run of this stage receives the table and
 from __future__ import annotations
 
 import argparse
+import json
 
 from pipeline.analysis.report import ReportError, write_report
 from stages.common import RESULTS, ROOT, log, run, stage_run, start
@@ -29,6 +30,30 @@ def numbers_only(tree: dict) -> dict:
     return kept
 
 
+def register_best_searched(mlflow_run, summary: dict, origins: dict, network: str, seeds, name: str) -> None:
+    """Register the retrained network of the best searched activation (mean top-1 on `network`, its best seed)
+    in the MLflow Model Registry, with its formula, numbers and verdict as tags."""
+    ranked = [(entry[network]["top1_mean"], activation) for activation, entry in summary.items()
+              if origins.get(activation) == "searched" and entry[network].get("top1_mean") is not None]
+    if not ranked:
+        log.info("no searched activation trained normally on %s: nothing to register", network)
+        return
+    activation = max(ranked)[1]
+    runs = [json.loads((RESULTS / "evaluate" / activation / network / f"seed{seed}" / "metrics.json").read_text())
+            for seed in seeds]
+    best = max((run for run in runs if run["status"] == "ok" and run.get("model_uri")),
+               key=lambda run: run["test_top1"], default=None)
+    if best is None:
+        return
+    entry = summary[activation]
+    tags = {"activation": activation, "formula": best["formula"], "network": network, "seed": best["seed"],
+            "test_top1": best["test_top1"], "top1_mean": entry[network]["top1_mean"],
+            "verdict": entry.get("verdict", entry[network].get("verdict"))}
+    version = mlflow_run.register_model(best["model_uri"], name, tags)
+    log.info("registered %s (%s on %s, seed %s) as MLflow model %s version %s", activation, best["formula"],
+             network, best["seed"], name, version)
+
+
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     params = start(STAGE)
@@ -45,6 +70,8 @@ def main(argv: list[str]) -> None:
         for file in ("results.csv", "results.md", "summary.json"):
             mlflow_run.log_artifact(REPORTS / file)
         mlflow_run.log_artifact(REPORTS / "figures")
+        register_best_searched(mlflow_run, summary, origins, networks[-1], seeds,
+                               f"{params.study.experiment}-best-searched")
         log.info("results table:\n%s", (REPORTS / "results.md").read_text())
 
 

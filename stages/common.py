@@ -24,6 +24,7 @@ from pipeline.study.tracking import StageRun
 from pipeline.study.tracking_store import TrackingError, check_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
+RAW_DATA = ROOT / "data" / "raw"  # the download stage's output: one archive or folder, read by prepare
 PREPARED_DATA = ROOT / "data" / "prepared" / "cifar10.pt"
 SEARCH_SPLIT = ROOT / "data" / "prepared" / "search_split.pt"
 RESULTS = ROOT / "results"

@@ -3,12 +3,13 @@
 The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>: the genotype
 from its discretize stage) or a custom one (activations/<name>.json). Writes
 results/evaluate/<activation>/<network>/seed<seed>/: metrics.json (final test top-1/top-5, status ok / diverged /
-failed_to_learn, time per epoch), history.csv (per epoch), weights.pt (state dict) and genotype.json.
+failed_to_learn, time per epoch, the MLflow model's URI), history.csv (per epoch), weights.pt (state dict) and
+genotype.json. The MLflow run holds the network as a model (`mlflow.pytorch.load_model`) with its signature.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+import copy
 
 import torch
 
@@ -19,7 +20,7 @@ from pipeline.training.device import resolve_device, seed_everything
 from pipeline.space.genotype import BASELINES, Genotype
 from pipeline.space.models import build_resnet, count_parameters
 from pipeline.training.train import train_model
-from stages.common import (RESULTS, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
+from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
                            write_csv, write_json)
 
 ORIGINS = ("baseline", "searched", "custom")
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> None:
             "formula": formula}
     if args.origin == "searched":
         tags["optimizer"], tags["space"] = args.activation.split("-")
-    run_params = {"train": asdict(cfg), "beta_mode": params.evaluate.beta_mode,
+    run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode,
                   "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:
         def log_epoch(record: dict) -> None:
@@ -90,13 +91,17 @@ def main(argv: list[str]) -> None:
                    "steady_epoch_time_s": sum(steady) / len(steady), "epochs": cfg.epochs,
                    "epochs_run": len(result.history), "diverged_epoch": result.diverged_epoch,
                    "parameters": count_parameters(model)}
+        # The network as an MLflow model (mlflow.pytorch.load_model(model_uri)), on the CPU so that it loads
+        # anywhere; two test images are the input example from which MLflow infers the signature.
+        example = next(iter(test_loader))[0][:2].cpu().numpy()
+        metrics["model_uri"] = mlflow_run.log_model(copy.deepcopy(model).cpu().eval(), "network", example,
+                                                    [str(ROOT / "pipeline")], str(ROOT / "requirements.txt"))
         write_json(out / "metrics.json", metrics)
         mlflow_run.log_metrics({"final_test_top1": result.final["top1"], "final_test_top5": result.final["top5"],
                                 "mean_epoch_time_s": result.epoch_time_s})
         mlflow_run.set_tags({"status": result.status})
         for file in ("metrics.json", "history.csv", "genotype.json"):
             mlflow_run.log_artifact(out / file)
-        mlflow_run.log_model_weights(out / "weights.pt")
         log.info("%s on %s, seed %d: %s, test top-1 %.2f", args.activation, args.network, args.seed,
                  result.status, result.final["top1"])
     checkpoint.unlink(missing_ok=True)

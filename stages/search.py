@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict
 
 from pipeline.training.device import resolve_device
 from pipeline.search.loop import save_supernet
@@ -42,7 +41,7 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader = search_loaders(cfg.batch_size, cfg.seed, resolve_device(cfg.device))
     tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
-    with stage_run(params, stage, tags, {"search": asdict(cfg)}) as mlflow_run:
+    with stage_run(params, stage, tags, {"search": cfg.model_dump()}) as mlflow_run:
         logged = set()
 
         def log_epoch(record: dict) -> None:

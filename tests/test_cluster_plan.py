@@ -86,8 +86,8 @@ def test_task_options_drop_gpus_only_on_a_cluster_without_them():
 def test_the_cluster_section_is_checked_with_one_line_errors(tmp_path):
     base = (ROOT / "params.yaml").read_text()
     params = load_params(_write(tmp_path, base), check_paths=False)
-    assert params.cluster["search"] == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {}}
-    assert params.cluster["max_retries"] == 2
+    assert params.cluster.model_dump()["search"] == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {}}
+    assert params.cluster.max_retries == 2
     for wrong, key in [("evaluate: {num_cpus: 1, num_gpus: -1, resources: {}}", "cluster.evaluate.num_gpus"),
                        ("evaluate: {num_cpus: 1, num_gpus: 0, resources: {fakegpu: x}}", "cluster.evaluate.resources"),
                        ("evaluate: {num_cpus: 1, num_gpus: 0}", "cluster.evaluate.resources")]:
@@ -113,15 +113,15 @@ def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
     needs, cmds = read_graph(ROOT, [])
     params = load_params(ROOT / "params.yaml", check_paths=False)
     searched = params.search.names()
-    assert needs["prepare"] == set()
+    assert needs["download"] == set() and needs["prepare"] == {"download"}
     assert needs[f"discretize@{searched[0]}"] == {"prepare", f"search@{searched[0]}"}  # the split, the supernet
     network, seed = params.evaluate.networks[0], params.evaluate.seeds[0]
     assert needs[f"evaluate-searched@{searched[0]}-{network}-{seed}"] == {"prepare", f"discretize@{searched[0]}"}
     assert needs[f"evaluate-baseline@relu-{network}-{seed}"] == {"prepare"}
-    assert needs["aggregate"] == set(needs) - {"aggregate", "prepare"}
+    assert needs["aggregate"] == set(needs) - {"aggregate", "prepare", "download"}
     assert cmds[f"search@{searched[0]}"] == "python -m stages.search --optimizer {} --space {}".format(
         *searched[0].split("-"))
 
     only, _ = read_graph(ROOT, [f"discretize@{searched[0]}"])  # a target brings what it needs, nothing else
-    assert only == {"prepare": set(), f"search@{searched[0]}": {"prepare"},
+    assert only == {"download": set(), "prepare": {"download"}, f"search@{searched[0]}": {"prepare"},
                     f"discretize@{searched[0]}": {"prepare", f"search@{searched[0]}"}}

@@ -1,7 +1,9 @@
 """End to end: the real `dvc repro` on a copy of the project with the CI preset and real CIFAR-10 images.
 
-Checks the results table, the DVC metric, the MLflow runs (tags, metrics, artifacts), that a second `dvc repro`
-runs nothing, and that changing one evaluation param reruns only the evaluate stages and aggregate. A custom
+Checks the results table, the DVC metric, the MLflow runs (tags, metrics, artifacts), a logged MLflow model that
+loads and computes what the saved weights compute, the registered best searched network, that a second `dvc repro`
+runs nothing, and a DVC experiment: `dvc exp run -S evaluate.epochs=...` reruns only the evaluate stages and
+aggregate, `dvc exp show` lists it with its metrics and `dvc metrics diff` shows the change. A custom
 activation, 1e6 * x, diverges inside the pipeline: its status reaches the metric, MLflow and the table while the
 other rows stay complete (issue 6).
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from tests.conftest import SHARED_ARCHIVE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLODING = {"space": "simple", "ops": {"u1": "scale", "u2": "zero", "b1": "left"}, "betas": {"u1": 1.0e6}}
@@ -43,12 +47,13 @@ def copy_project(destination: Path) -> Path:
 
 def dvc(project: Path, *args: str) -> str:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="true",
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="true", ACTSEARCH_CIFAR10=str(SHARED_ARCHIVE),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                # Compiling the fused search cell costs more than these few steps take; eager is the same math.
-               ACTSEARCH_FUSED="eager")
+               ACTSEARCH_FUSED="eager", GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@example.invalid",
+               GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@example.invalid")  # dvc exp commits
     done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{output[-6000:]}"
     return output
@@ -72,8 +77,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     (project / "activations").mkdir()
     (project / "activations" / "exploding.json").write_text(json.dumps(EXPLODING))
 
-    def ci_params(params):
-        params["data"]["source"] = str(shared_archive)
+    def ci_params(params):  # the data: the shared archive through the offline setting (dvc() sets it)
         params["evaluate"]["custom"] = ["exploding"]
     edit_params(project, ci_params)
 
@@ -85,7 +89,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     evaluate_stages = {f"evaluate-{origin}@{name}-{network}-{seed}" for name, origin in
                        [("relu", "baseline"), ("swish", "baseline"), ("exploding", "custom")]
                        + [(name, "searched") for name in searched] for network in networks for seed in seeds}
-    all_stages = ({"prepare", "aggregate"} | {f"search@{n}" for n in searched}
+    all_stages = ({"download", "prepare", "aggregate"} | {f"search@{n}" for n in searched}
                   | {f"discretize@{n}" for n in searched} | evaluate_stages)
     assert ran_stages(first) == all_stages
 
@@ -108,6 +112,8 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     metrics_shown = dvc(project, "metrics", "show", "--json")
     assert f"failed {len(seeds)}/{len(seeds)}" in metrics_shown
     assert (project / "reports" / "figures" / "activations.png").is_file()
+    prepared = json.loads((project / "data" / "prepared" / "prepared.json").read_text())
+    assert prepared["data"] == "CIFAR-10 (JPEG q75 copy)"  # the report names the data it ran on
     assert not list((project / "checkpoints").glob("*.pt")), "checkpoints are deleted after success"
 
     check_mlflow(project, params["study"]["experiment"], all_stages, searched)
@@ -116,9 +122,22 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert not ran_stages(second), second
     assert "up to date" in second or "didn't change" in second
 
-    edit_params(project, lambda p: p["evaluate"].__setitem__("epochs", p["evaluate"]["epochs"] - 1))
-    third = dvc(project, "repro")
-    assert ran_stages(third) == evaluate_stages | {"aggregate"}
+    # A DVC experiment against the committed study: only the stages that read the changed param rerun.
+    subprocess.run(GIT + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "baseline study"], cwd=project, check=True)
+    epochs = params["evaluate"]["epochs"] - 1
+    experiment = dvc(project, "exp", "run", "-n", "shorter", "-S", f"evaluate.epochs={epochs}")
+    assert ran_stages(experiment) == evaluate_stages | {"aggregate"}
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    found = [exp["revs"][0] for entry in shown for exp in (entry.get("experiments") or [])
+             if exp["revs"][0].get("name") == "shorter"]
+    assert len(found) == 1, shown
+    data = found[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] == epochs
+    assert "relu" in data["metrics"]["reports/summary.json"]["data"]
+    diff = json.loads(dvc(project, "metrics", "diff", "--json"))["reports/summary.json"]
+    changed = {key for key, entry in diff.items() if entry.get("diff")}
+    assert f"relu.{networks[0]}.top1_mean" in changed or f"relu.{networks[0]}.top5_mean" in changed, diff
 
 
 def check_mlflow(project: Path, experiment: str, stages: set[str], searched: list[str]) -> None:
@@ -128,7 +147,7 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], searched: lis
     found = client.get_experiment_by_name(experiment)
     assert found is not None, "the runs go to the project's default SQLite store"
     runs = {run.info.run_name: run for run in client.search_runs([found.experiment_id], max_results=500)}
-    assert set(runs) == stages
+    assert set(runs) == stages - {"download"}  # the download stage logs nothing to MLflow
     for name, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
@@ -148,7 +167,51 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], searched: lis
     history = client.get_metric_history(relu.info.run_id, "test_top1")
     assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 2
     assert {a.path for a in client.list_artifacts(relu.info.run_id)} >= {"history.csv", "genotype.json",
-                                                                          "metrics.json", "weights"}
+                                                                          "metrics.json"}
+    check_logged_model(project, relu.data.tags["network"], relu.data.tags["seed"])
+    check_registered_best(project, experiment, runs["aggregate"].info.run_id)
+
     aggregate = runs["aggregate"]
     assert {a.path for a in client.list_artifacts(aggregate.info.run_id)} >= {"results.csv", "results.md",
                                                                               "summary.json", "figures"}
+
+
+def check_logged_model(project: Path, network: str, seed: str) -> None:
+    """The relu network logged by its evaluate stage loads with mlflow.pytorch.load_model and gives the logits of
+    the saved weights on test images."""
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.data.augment import BatchLoader
+    from pipeline.kernels.fused_genotype import fast_forward
+    from pipeline.space.genotype import RELU
+    from pipeline.space.models import build_resnet
+
+    out = project / "results" / "evaluate" / "relu" / network / f"seed{seed}"
+    uri = json.loads((out / "metrics.json").read_text())["model_uri"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(uri).eval()
+    saved = build_resnet(network, RELU.factory("scalar", True, fast_forward))
+    saved.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    data = torch.load(project / "data" / "prepared" / "cifar10.pt", weights_only=True)
+    images, _ = next(iter(BatchLoader(data["test_images"][:16], data["test_labels"][:16], 16, shuffle=False,
+                                      augment=False)))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), saved.eval()(images))
+
+
+def check_registered_best(project: Path, experiment: str, aggregate_run_id: str) -> None:
+    """The best searched activation that trained normally is registered with its tags (none if none did)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    versions = client.search_model_versions(f"name = '{experiment}-best-searched'")
+    trained = [name for name, entry in summary.items() if "-" in name and name != "exploding"
+               and any(isinstance(v, dict) and v.get("top1_mean") is not None for v in entry.values())]
+    if not trained:
+        assert not versions
+        return
+    assert len(versions) == 1
+    tags = versions[0].tags
+    assert tags["activation"] in trained and tags["formula"] and float(tags["test_top1"]) > 0

@@ -96,10 +96,10 @@ def test_drnas_per_site_sample_draws_one_sample_per_activation_site(per_site):
 
 @pytest.mark.parametrize("optimizer", ["darts", "gdas"])
 def test_per_site_sample_is_rejected_for_darts_and_gdas(optimizer):
-    with pytest.raises(ValueError, match=f"search.per_site_sample: only DrNAS draws a sample per activation site "
-                                         f"\\({optimizer} has one set"):
-        SearchConfig(optimizer=optimizer, per_site_sample=True)
-    assert SearchConfig(optimizer="drnas", per_site_sample=True).per_site_sample
+    with pytest.raises(ValueError, match=f"drnas.per_site_sample = True is invalid; allowed: false for optimizer "
+                                         f"'{optimizer}' \\(only DrNAS draws a sample per activation site\\)"):
+        SearchConfig(optimizer=optimizer, drnas={"per_site_sample": True})
+    assert SearchConfig(optimizer="drnas", drnas={"per_site_sample": True}).drnas.per_site_sample
 
 
 # --- stage helpers ----------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class Recorder:
     def __getattr__(self, name):
         value = getattr(self._target, name)
         key = f"{self._prefix}{name}"
+        if name == "model_dump":  # pydantic: every field in the dump is read
+            return lambda *args, **kwargs: self._record_dump(value(*args, **kwargs), self._prefix)
         if inspect.ismethod(value):  # run the method with this recorder as `self`
             return lambda *args, **kwargs: getattr(type(self._target), name)(self, *args, **kwargs)
         if dataclasses.is_dataclass(value) or hasattr(value, "model_fields"):
@@ -42,6 +44,15 @@ class Recorder:
             return RecordingDict(value, key + ".", self._reads)
         self._reads.add(key)
         return value
+
+
+    def _record_dump(self, dumped: dict, prefix: str) -> dict:
+        for key, value in dumped.items():
+            if isinstance(value, dict) and value:
+                self._record_dump(value, f"{prefix}{key}.")
+            else:
+                self._reads.add(f"{prefix}{key}")
+        return dumped
 
 
 class RecordingDict(dict):

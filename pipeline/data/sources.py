@@ -12,9 +12,10 @@ import os
 import pickle
 import tarfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -88,11 +89,16 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def unpickle_file(path: Path) -> dict:
+def open_binary(path: Path) -> IO[bytes]:
+    return open(path, "rb")
+
+
+def unpickle_file(path: Path, open_file: Callable[[Path], IO[bytes]] = open_binary) -> dict:
+    """One pickled batch; `open_file` reads it from elsewhere than the disk (a member of the original archive)."""
     try:
-        with open(path, "rb") as file:
+        with open_file(path) as file:
             content = NumpyOnlyUnpickler(file, encoding="bytes").load()
-    except FileNotFoundError:
+    except (FileNotFoundError, KeyError):
         raise DataError(f"{path} is missing from the CIFAR-10 batches folder {path.parent}; {HOW_TO_FIX}") from None
     except Exception as error:  # pickle raises many types on corrupt input; all mean the same to the user
         raise DataError(f"cannot read CIFAR-10 batch file {path} ({error}); replace the folder with a fresh copy "
@@ -102,8 +108,8 @@ def unpickle_file(path: Path) -> dict:
     return content
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    batch = unpickle_file(path)
+def read_batch(path: Path, open_file: Callable[[Path], IO[bytes]] = open_binary) -> tuple[np.ndarray, np.ndarray]:
+    batch = unpickle_file(path, open_file)
     data, labels = batch.get(b"data"), batch.get(b"labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE \
             or labels is None or len(labels) != len(data):
@@ -112,14 +118,14 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.astype(np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), np.asarray(labels, dtype=np.int64)
 
 
-def read_pickled_batches(folder: Path) -> CifarData:
-    meta = unpickle_file(folder / META_FILE)
+def read_pickled_batches(folder: Path, open_file: Callable[[Path], IO[bytes]] = open_binary) -> CifarData:
+    meta = unpickle_file(folder / META_FILE, open_file)
     names = meta.get(b"label_names")
     if not names:
         raise DataError(f"{folder / META_FILE} lacks b'label_names'; {HOW_TO_FIX}")
     classes = tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
-    train = [read_batch(folder / name) for name in TRAIN_BATCHES]
-    test_images, test_labels = read_batch(folder / TEST_BATCH)
+    train = [read_batch(folder / name, open_file) for name in TRAIN_BATCHES]
+    test_images, test_labels = read_batch(folder / TEST_BATCH, open_file)
     train_labels = np.concatenate([labels for _, labels in train])
     for labels, name in ((train_labels, "training"), (test_labels, TEST_BATCH)):
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -290,6 +296,10 @@ def read_tar(path: Path, where: str) -> CifarData:
     # reading members in archive order afterwards only seeks forward, which a gzip stream does cheaply.
     with tarfile.open(path, "r:*") as archive:
         members = archive.getmembers()
+        batches = [m.name for m in members if m.isfile() and m.name.rsplit("/", 1)[-1] == TEST_BATCH]
+        if batches:  # the original CIFAR-10 python archive: cifar-10-batches-py/ of pickled batches
+            return read_pickled_batches(Path(batches[0]).parent,
+                                        lambda member: archive.extractfile(member.as_posix()))
         tree = index_image_tree(((m.name, m.isdir()) for m in members if m.isdir() or m.isfile()), where)
         decoder = ImageDecoder(tree, where)
         for member in members:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,60 +25,9 @@ from pipeline.training.device import autocast_context, resolve_device, rng_state
 from pipeline.space.genotype import Genotype
 from pipeline.training.metrics import MetricAccumulator
 from pipeline.search.relax import entropy, make_relaxation
+from pipeline.search.search_config import SearchConfig
 
 log = logging.getLogger(__name__)
-OPTIMIZERS = ("darts", "gdas", "drnas")
-
-
-@dataclass
-class SearchConfig:
-    optimizer: str = "darts"  # darts | gdas | drnas
-    space: str = "simple"  # simple | complex
-    op_set: object = "grafs"  # a set name or {"unary": [...], "binary": [...]}
-    network: str = "resnet8"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.025  # network weights: SGD with cosine decay to lr_min
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4  # alphas: Adam, the DARTS defaults
-    arch_betas: tuple = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    second_order: bool = False  # DARTS only: unrolled architecture gradient
-    tau_max: float = 10.0  # GDAS temperature, annealed linearly
-    tau_min: float = 0.1
-    drnas_regularizer: str = "kl"  # kl | l2 | none, one Dirichlet per edge
-    drnas_reg_scale: float = 1e-3
-    per_site_sample: bool = False  # DrNAS: an independent sample at every activation site
-    beta_mode: str = "scalar"  # scalar | channel
-    betas_with: str = "weights"  # which optimizer trains the betas: weights | arch
-    warmup_epochs: int = 0  # epochs that train only the network weights before alphas move
-    device: str = "auto"
-    seed: int = 0
-    amp: bool = False
-
-    def __post_init__(self):
-        self.arch_betas = tuple(self.arch_betas)
-        choices = {"optimizer": OPTIMIZERS, "space": ("simple", "complex"), "beta_mode": ("scalar", "channel"),
-                   "betas_with": ("weights", "arch"), "drnas_regularizer": ("kl", "l2", "none")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"search.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
-        for key in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"search.{key}: {getattr(self, key)!r} must be a positive integer")
-        for key in ("lr", "arch_lr", "tau_min", "tau_max"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"search.{key}: {getattr(self, key)!r} must be > 0")
-        if self.second_order and self.optimizer != "darts":
-            raise ValueError("search.second_order: only DARTS has a second-order variant; set it to false")
-        if self.per_site_sample and self.optimizer != "drnas":
-            raise ValueError(f"search.per_site_sample: only DrNAS draws a sample per activation site ({self.optimizer} "
-                             "has one set of operator weights per network pass); set it to false")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"search.warmup_epochs: {self.warmup_epochs} must be in [0, epochs={self.epochs})")
 
 
 @dataclass
@@ -90,9 +39,9 @@ class SearchResult:
 
 
 def build_supernet(cfg: SearchConfig) -> Supernet:
-    relaxation = make_relaxation(cfg.optimizer, tau_max=cfg.tau_max, tau_min=cfg.tau_min, seed=cfg.seed,
-                                 drnas_regularizer=cfg.drnas_regularizer, drnas_reg_scale=cfg.drnas_reg_scale)
-    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.per_site_sample)
+    relaxation = make_relaxation(cfg.optimizer, tau_max=cfg.gdas.tau_max, tau_min=cfg.gdas.tau_min, seed=cfg.seed,
+                                 drnas_regularizer=cfg.drnas.regularizer, drnas_reg_scale=cfg.drnas.reg_scale)
+    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.drnas.per_site_sample)
 
 
 def evaluate_supernet(model: torch.nn.Module, loader, device, amp: bool = False) -> dict:
@@ -133,12 +82,11 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     optimizer = torch.optim.SGD(weight_params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs, eta_min=cfg.lr_min)
     architect = Architect(supernet, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
-                          train_betas=cfg.betas_with == "arch", second_order=cfg.second_order,
+                          train_betas=cfg.betas_with == "arch", second_order=cfg.darts.second_order,
                           autocast=lambda: autocast_context(device, cfg.amp))
     history: list[dict] = []
     skipped, start_epoch = 0, 0
-    fingerprint = config_fingerprint({k: v if not isinstance(v, tuple) else list(v)
-                                      for k, v in asdict(cfg).items() if k not in ("device",)})
+    fingerprint = config_fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
     state = load_checkpoint(checkpoint_path, {"fingerprint": fingerprint}) if checkpoint_path else None
     if state is not None:
         supernet.load_state_dict(state["model"])
@@ -230,14 +178,13 @@ def _weight_step(supernet: Supernet, optimizer, x, y, cfg: SearchConfig, device,
 
 # --- the search's output: the trained supernet, read back by the discretize stage ----------------------------
 def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path) -> None:
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    torch.save({"config": config, "state_dict": supernet.state_dict()}, path)
+    torch.save({"config": cfg.model_dump(mode="json"), "state_dict": supernet.state_dict()}, path)
 
 
 def load_supernet(path: Path, device: torch.device | str = "cpu") -> tuple[Supernet, SearchConfig]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = SearchConfig(**saved["config"])
+        cfg = SearchConfig.model_validate(saved["config"])
         supernet = build_supernet(cfg)
         supernet.load_state_dict(saved["state_dict"])
     except FileNotFoundError:

@@ -186,7 +186,7 @@ def repro(args) -> int:
         raise SystemExit(f"error: {error}") from None
     needs, cmds = read_graph(root, args.stages)
     kinds = {name: stage_kind(name) for name in needs}
-    unknown = sorted({kind for kind in kinds.values() if kind not in params.cluster})
+    unknown = sorted({kind for kind in kinds.values() if kind not in params.cluster.model_dump()})
     if unknown:
         raise SystemExit(f"error: params.yaml: cluster has no resources for stage kind(s) {unknown}; add e.g. "
                          f"cluster.{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
@@ -201,7 +201,7 @@ def repro(args) -> int:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         if not has_gpus:
             print("no GPUs in the cluster: every stage runs on CPUs (num_gpus ignored)", flush=True)
-        options = {name: task_options(params.cluster, kind, has_gpus) for name, kind in kinds.items()}
+        options = {name: task_options(params.cluster.model_dump(), kind, has_gpus) for name, kind in kinds.items()}
         env = forwarded_env(tracking_uri(args, params, len(nodes) > 1, stack, root))
         interrupt = Interrupt()
         started = time.monotonic()

@@ -1,156 +1,166 @@
 """params.yaml -> validated, typed study parameters; every mistake is ONE line naming key, value and what is allowed.
 
-Every stage calls `load_params()` first, so a typo anywhere in params.yaml stops the first stage before any work.
-All keys are required (DVC reads the listed ones from params.yaml too, and fails on missing ones), unknown keys are
-rejected with a close-match suggestion, and values are checked against `pipeline.study.params_schema`, then for
-consistency here, then by the library's own `SearchConfig` / `TrainConfig` validation. The data source must be a
-local path that exists (DVC hashes it as a dependency); the MLflow store is checked by the stages with
-`pipeline.study.tracking_store.check_tracking`.
+One pydantic model per params.yaml section. The `search` and `evaluate` sections extend the library's own settings
+(`pipeline.search.search_config.SearchSettings`, `pipeline.training.train_config.TrainSettings`), so each key is
+defined once, where the code that reads it lives; the sections below add only what the study itself needs. Every
+key is required in params.yaml (DVC reads the listed ones from it too, and fails on missing ones), unknown keys
+are refused with a close-match suggestion, and cross-section rules are checked by `Params`. The data source must
+exist when `check_paths` (DVC hashes it as a dependency); the MLflow store is checked by the stages with
+`pipeline.study.tracking_store.check_tracking`. `docs/params.schema.json` is `Params.model_json_schema()`, for
+editors (`python -m pipeline.study.config --schema docs/params.schema.json` rewrites it).
 
 `python -m pipeline.study.config [params.yaml]` validates a file without running anything.
 """
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import difflib
+import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
-from pipeline.space.genotype import BASELINES, Genotype
-from pipeline.study.param_checks import ParamsError, bad
-from pipeline.study.params_schema import CUSTOM_DIR, SCHEMA, check_section
-from pipeline.search.loop import SearchConfig
+from pipeline.data.download import CIFAR10_URL, OFFLINE_ENV, is_url
 from pipeline.data.sources import ARCHIVE_SUFFIXES
+from pipeline.search.search_config import OPTIMIZERS, Network, Optimizer, SearchConfig, SearchSettings, Space
+from pipeline.space.genotype import BASELINES, BETA_MODES, Genotype
 from pipeline.study.tracking_store import resolve_tracking_uri
-from pipeline.training.train_config import TrainConfig
+from pipeline.training.device import resolve_device
+from pipeline.training.train_config import SETTINGS, TrainConfig, TrainSettings, invalid
 
 CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
+CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
+SCHEMA_FILE = "docs/params.schema.json"
 
 
-# --- typed parameters ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StudyParams:
-    experiment: str  # MLflow experiment name
-    tracking_uri: Optional[str]  # None: sqlite mlflow.db at the project root (env MLFLOW_TRACKING_URI wins)
-    mlflow: bool
-    device: str
+class ParamsError(ValueError):
+    """params.yaml is wrong; the message is one line that says where, what and what is allowed."""
 
 
-@dataclass(frozen=True)
-class PreflightParams:
-    min_free_mb: float  # a stage refuses to start with less free disk space (outputs, checkpoints, DVC cache)
+def bad(key: str, value: Any, allowed: str) -> ParamsError:
+    return ParamsError(f"params.yaml: {key} = {value!r} is invalid; allowed: {allowed}")
 
 
-@dataclass(frozen=True)
-class DataParams:
-    source: str
-    cache_dir: str
-    train_size: Optional[int]  # None: all 50,000
-    test_size: Optional[int]  # None: all 10,000
-    search_train_size: int  # taken from the training subset: images for the supernet's weights
-    search_val_size: int  # disjoint from those: images for the architecture step and the discretization gap
-    seed: int
+def _distinct(values: list) -> list:
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError("a list without repeated entries")
+    return values
 
 
-@dataclass(frozen=True)
-class SearchParams:
-    optimizers: tuple[str, ...]
-    spaces: tuple[str, ...]
-    op_set: Any
-    network: str
-    epochs: int
-    batch_size: int
-    lr: float
-    lr_min: float
-    momentum: float
-    weight_decay: float
-    grad_clip: float
-    arch_lr: float
-    arch_betas: tuple[float, float]
-    arch_weight_decay: float
-    beta_mode: str
-    betas_with: str
-    warmup_epochs: int
-    seed: int
-    amp: bool
-    darts: dict
-    gdas: dict
-    drnas: dict
+def _available(device: str) -> str:
+    resolve_device(device)  # ValueError naming the devices available here
+    return device
+
+
+# Lists that name matrix values in dvc.yaml: at least one entry (custom: may be empty), none repeated.
+def Choices(item, min_length: int = 1):  # noqa: N802 - a type alias with parameters
+    return Annotated[list[item], Field(min_length=min_length), AfterValidator(_distinct)]
+
+
+CustomName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$",
+                                  description=f"a genotype file {CUSTOM_DIR}/<name>.json; '-' separates matrix "
+                                              "values in DVC stage names")]
+
+
+class StudyParams(BaseModel):
+    model_config = SETTINGS
+    experiment: str = Field(min_length=1, description="MLflow experiment name")
+    tracking_uri: Optional[str] = Field(description="null: sqlite mlflow.db at the project root; "
+                                                    "the env MLFLOW_TRACKING_URI wins")
+    mlflow: bool = Field(description="false: no MLflow runs (the DVC outputs are written all the same)")
+    device: Annotated[str, AfterValidator(_available)] = Field(description="auto | cpu | cuda | cuda:N | mps")
+
+
+class PreflightParams(BaseModel):
+    model_config = SETTINGS
+    min_free_mb: float = Field(ge=0, description="a stage refuses to start with less free disk space (MiB)")
+
+
+class DataParams(BaseModel):
+    model_config = SETTINGS
+    source: str = Field(min_length=1, description="a URL (the original CIFAR-10, fetched once by the download "
+                        "stage) or a local archive, cifar-10-batches-py folder or train/ test/ image tree; offline, "
+                        f"the environment variable {OFFLINE_ENV} wins")
+    md5: Optional[str] = Field(pattern=r"^[0-9a-f]{32}$", description="MD5 of the download; null: unchecked")
+    cache_dir: str = Field(min_length=1, description="decoded-image cache (not a DVC output)")
+    train_size: Optional[int] = Field(ge=1, le=CIFAR_TRAIN_IMAGES, description="balanced subset; null: all")
+    test_size: Optional[int] = Field(ge=1, le=CIFAR_TEST_IMAGES, description="balanced subset; null: all")
+    search_train_size: int = Field(ge=1, description="search: images for the supernet's weights")
+    search_val_size: int = Field(ge=1, description="search: images for the architecture step (disjoint)")
+    seed: int = Field(ge=0)
+
+
+class SearchParams(SearchSettings):
+    optimizers: Choices(Optimizer)
+    spaces: Choices(Space)
 
     def config(self, optimizer: str, space: str, device: str = "auto") -> SearchConfig:
-        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(SearchConfig)
-                  if hasattr(self, f.name) and f.name not in ("optimizer", "space", "device")}
-        # Each optimizer reads only its own section (dvc.yaml lists only `search.<optimizer>` for its stage).
-        own: dict = {}
-        if optimizer == "darts":
-            own = {"second_order": self.darts["second_order"]}
-        elif optimizer == "gdas":
-            own = {"tau_max": self.gdas["tau_max"], "tau_min": self.gdas["tau_min"]}
-        elif optimizer == "drnas":
-            own = {"drnas_regularizer": self.drnas["regularizer"], "drnas_reg_scale": self.drnas["reg_scale"],
-                   "per_site_sample": self.drnas["per_site_sample"]}
-        return SearchConfig(optimizer=optimizer, space=space, device=device, **common, **own)
+        """One search's settings; the other optimizers' own sections keep their defaults (no DVC param of it)."""
+        others = {name for name in SearchConfig.model_fields if name in OPTIMIZERS and name != optimizer}
+        values = self.model_dump(exclude={"optimizers", "spaces"} | others)
+        return SearchConfig(**values, optimizer=optimizer, space=space, device=device)
 
     def names(self) -> list[str]:
         """The searched activations, `<optimizer>-<space>`, in params order."""
         return [f"{optimizer}-{space}" for optimizer in self.optimizers for space in self.spaces]
 
 
-@dataclass(frozen=True)
-class DiscretizeParams:
-    batch_size: int
+class DiscretizeParams(BaseModel):
+    model_config = SETTINGS
+    batch_size: int = Field(ge=1, description="evaluation batch for the discretization gap")
 
 
-_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
-                 "gamma", "warmup_epochs", "label_smoothing", "grad_clip", "amp", "divergence_loss", "chance_margin",
-                 "eval_every", "deterministic")
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    networks: tuple[str, ...]
-    seeds: tuple[int, ...]
-    baselines: tuple[str, ...]
-    custom: tuple[str, ...]
-    epochs: int
-    batch_size: int
-    test_batch_size: int
-    lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    schedule: str
-    milestones: tuple[int, ...]
-    gamma: float
-    warmup_epochs: int
-    label_smoothing: float
-    grad_clip: Optional[float]
-    amp: bool
-    beta_mode: str
-    train_betas: bool
-    divergence_loss: float
-    chance_margin: float
-    eval_every: int
-    deterministic: bool
+class EvaluateParams(TrainSettings):
+    networks: Choices(Network)
+    seeds: Choices(Annotated[int, Field(ge=0)])
+    baselines: Choices(Literal[tuple(BASELINES)])
+    custom: Choices(CustomName, min_length=0)
+    test_batch_size: int = Field(ge=1)
+    beta_mode: Literal[BETA_MODES] = Field(description="the searched functions' betas: scalar | channel")
+    train_betas: bool = Field(description="keep training the betas while retraining")
 
     def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
-        values = {name: getattr(self, name) for name in _TRAIN_FIELDS}
-        return TrainConfig(**values | {"milestones": list(self.milestones)}, seed=seed, device=device)
+        return TrainConfig(**self.model_dump(include=set(TrainSettings.model_fields)), seed=seed, device=device)
 
 
-@dataclass(frozen=True)
-class Params:
-    root: Path  # the project root; relative paths in params.yaml are relative to it
+class StageResources(BaseModel):
+    """What one stage of a kind asks Ray for (pipeline.study.cluster)."""
+    model_config = SETTINGS
+    num_cpus: float = Field(ge=0, strict=False)
+    num_gpus: float = Field(ge=0, strict=False, description="fractions share a GPU; ignored without GPUs")
+    resources: dict[str, Annotated[float, Field(ge=0, strict=False)]] = Field(
+        description="custom Ray resources, e.g. {} or {fakegpu: 1}")
+
+
+class ClusterParams(BaseModel):
+    """The Ray runner's settings: an execution setting, no stage's DVC param."""
+    model_config = SETTINGS
+    max_retries: int = Field(ge=0, description="Ray reruns a stage whose worker died this often")
+    prepare: StageResources
+    search: StageResources
+    discretize: StageResources
+    evaluate: StageResources
+    aggregate: StageResources
+
+
+class Params(BaseModel):
+    """The whole params.yaml; relative paths in it are relative to the project root (`root`)."""
+    model_config = SETTINGS
     study: StudyParams
     preflight: PreflightParams
     data: DataParams
     search: SearchParams
     discretize: DiscretizeParams
     evaluate: EvaluateParams
-    cluster: dict  # the Ray runner's settings (pipeline.study.cluster): max_retries, kind -> resources
+    cluster: ClusterParams
+    _root: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def root(self) -> Path:
+        return self._root
 
     def source_path(self) -> Path:
         return (self.root / self.data.source).resolve()
@@ -167,17 +177,91 @@ class Params:
                 | {name: "searched" for name in self.search.names()}
                 | {name: "custom" for name in self.evaluate.custom})
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        data, search, evaluate = self.data, self.search, self.evaluate
+        train_size = data.train_size or CIFAR_TRAIN_IMAGES
+        if data.search_train_size + data.search_val_size > train_size:
+            raise invalid("data.search_train_size + data.search_val_size",
+                          data.search_train_size + data.search_val_size,
+                          f"at most data.train_size = {train_size} (the search splits are cut from the training "
+                          "subset)")
+        for key in ("search_train_size", "search_val_size"):
+            if getattr(data, key) < search.batch_size:
+                raise invalid(f"data.{key}", getattr(data, key), f">= search.batch_size = {search.batch_size} "
+                                                                 "(batches are full)")
+        if train_size < evaluate.batch_size:
+            raise invalid("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
+        taken = set(evaluate.baselines) | set(search.names()) | set(BASELINES)
+        for name in evaluate.custom:
+            if name in taken:
+                raise invalid("evaluate.custom", name, "names that differ from the baselines and "
+                                                       "<optimizer>-<space>")
+        return self
 
-_SECTIONS = {"study": StudyParams, "preflight": PreflightParams, "data": DataParams, "search": SearchParams,
-             "discretize": DiscretizeParams, "evaluate": EvaluateParams}
+
+# --- ValidationError -> one line --------------------------------------------------------------------------------
+def _dotted(loc) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _model_at(loc) -> type[BaseModel]:
+    model = Params
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return model
+
+
+def _missing_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    """Keys that params.yaml left out although the model has a default for them (every key is required)."""
+    missing = [f"{prefix}{name}" for name in type(model).model_fields if name not in model.model_fields_set]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            missing += _missing_keys(value, f"{prefix}{name}.")
+    return missing
+
+
+def _missing(key: str) -> ParamsError:
+    section, _, _ = key.rpartition(".")
+    return ParamsError(f"params.yaml: {key} is missing from {section or 'the top level'}; every key is required "
+                       f"(see presets/full.yaml or docs/pipeline.md for its meaning)")
+
+
+def _one_line(error: ValidationError) -> ParamsError:
+    """The first problem of a ValidationError (unknown keys first: they explain the missing ones) as one line."""
+    first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    loc, kind, ctx = first["loc"], first["type"], first.get("ctx", {})
+    key = _dotted(loc)
+    if kind == "extra_forbidden":
+        allowed = sorted(_model_at(loc[:-1]).model_fields)
+        prefix = _dotted(loc[:-1]) + "." if loc[:-1] else ""
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        return ParamsError(f"params.yaml: unknown key {key}{hint}; allowed keys in "
+                           f"{prefix.rstrip('.') or 'the top level'}: {allowed}")
+    if kind == "missing":
+        return _missing(key)
+    if kind == "invalid_setting":
+        return ParamsError(f"params.yaml: {_dotted(loc + (ctx['field'],))} = {ctx['value']} is invalid; "
+                           f"allowed: {ctx['allowed']}")
+    reason = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    if kind.startswith("model_") or kind == "dict_type":
+        reason = f"a mapping with keys {sorted(_model_at(loc).model_fields)}"
+    return ParamsError(f"params.yaml: {key or 'the file'} = {first['input']!r} is invalid; allowed: "
+                       f"{' '.join(reason.split())}")
 
 
 def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
     """Validate a params mapping (as read from params.yaml) and build the typed parameters."""
-    values = check_section(SCHEMA, raw, "")
-    params = Params(Path(root).resolve(), **{name: cls(**values[name]) for name, cls in _SECTIONS.items()},
-                    cluster=values["cluster"])
-    _check_consistency(params)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        raise _one_line(error) from None
+    missing = _missing_keys(params)
+    if missing:
+        raise _missing(missing[0])
+    params._root = Path(root).resolve()
     if check_paths:
         _check_paths(params)
     return params
@@ -199,50 +283,23 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
     return parse_params(raw, Path(root) if root is not None else path.resolve().parent, check_paths)
 
 
-def _check_consistency(params: Params) -> None:
-    data, search, evaluate = params.data, params.search, params.evaluate
-    train_size = data.train_size or CIFAR_TRAIN_IMAGES
-    if data.train_size is not None and data.train_size > CIFAR_TRAIN_IMAGES:
-        raise bad("data.train_size", data.train_size, f"null (all) or at most {CIFAR_TRAIN_IMAGES}")
-    if data.test_size is not None and data.test_size > CIFAR_TEST_IMAGES:
-        raise bad("data.test_size", data.test_size, f"null (all) or at most {CIFAR_TEST_IMAGES}")
-    if data.search_train_size + data.search_val_size > train_size:
-        raise bad("data.search_train_size + data.search_val_size", data.search_train_size + data.search_val_size,
-                   f"at most data.train_size = {train_size} (the search splits are cut from the training subset)")
-    for key, size in (("data.search_train_size", data.search_train_size),
-                      ("data.search_val_size", data.search_val_size)):
-        if size < search.batch_size:
-            raise bad(key, size, f">= search.batch_size = {search.batch_size} (batches are full)")
-    if train_size < evaluate.batch_size:
-        raise bad("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
-    for optimizer in search.optimizers:
-        for space in search.spaces:
-            try:
-                search.config(optimizer, space, params.study.device)
-            except ValueError as err:
-                raise ParamsError(f"params.yaml: {err}") from None
-    try:
-        evaluate.train_config(evaluate.seeds[0], params.study.device)
-    except ValueError as err:
-        raise ParamsError(f"params.yaml: {str(err).replace('TrainConfig.', 'evaluate.')}") from None
-    taken = set(evaluate.baselines) | set(search.names())
-    for name in evaluate.custom:
-        if name in taken or name in BASELINES:
-            raise bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>")
-
-
 def _check_paths(params: Params) -> None:
     source = params.data.source
     if source == "torchvision":
-        raise bad("data.source", source, "a local path that DVC can hash; download once with "
-                   "`python -m stages.prepare --download data/torchvision` (needs internet), then set "
-                   "data.source: data/torchvision/cifar-10-batches-py")
+        raise bad("data.source", source, f"the URL of the original archive ({CIFAR10_URL}), which the download "
+                  f"stage fetches once, or a local copy (offline: {OFFLINE_ENV}=/path/to/copy)")
+    if is_url(source):
+        return _check_custom(params)
     path = params.source_path()
     kinds = f"an archive ({', '.join(ARCHIVE_SUFFIXES)}), a cifar-10-batches-py folder or a train/ test/ image tree"
     if not path.exists():
         raise bad("data.source", source, f"an existing path ({path} does not exist): {kinds}")
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise bad("data.source", source, kinds)
+    _check_custom(params)
+
+
+def _check_custom(params: Params) -> None:
     for name in params.evaluate.custom:
         file = params.custom_path(name)
         if not file.is_file():
@@ -253,11 +310,22 @@ def _check_paths(params: Params) -> None:
             raise ParamsError(f"params.yaml: evaluate.custom = {name!r}: {err}") from None
 
 
+def json_schema() -> str:
+    schema = Params.model_json_schema() | {"title": "actsearch params.yaml"}
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else "params.yaml"
+    parser = argparse.ArgumentParser(description="Check a params file (default params.yaml) without running it.")
+    parser.add_argument("file", nargs="?", default="params.yaml")
+    parser.add_argument("--schema", metavar="OUT", help=f"write the JSON schema of params.yaml (e.g. {SCHEMA_FILE})")
+    args = parser.parse_args()
+    if args.schema:
+        Path(args.schema).write_text(json_schema())
+        sys.exit(0)
     try:  # run from the project root: a preset's relative paths are meant relative to it, as in params.yaml
-        loaded = load_params(target, root=Path.cwd())
+        loaded = load_params(args.file, root=Path.cwd())
     except ParamsError as error:
         sys.exit(f"error: {error}")
-    print(f"{target} is valid: {len(loaded.activations())} activations x {len(loaded.evaluate.networks)} networks "
-          f"x {len(loaded.evaluate.seeds)} seeds, {len(loaded.search.names())} searches")
+    print(f"{args.file} is valid: {len(loaded.activations())} activations x {len(loaded.evaluate.networks)} "
+          f"networks x {len(loaded.evaluate.seeds)} seeds, {len(loaded.search.names())} searches")

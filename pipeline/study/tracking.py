@@ -198,6 +198,36 @@ class StageRun:
         if self._active():
             retry_when_busy(self._client.log_text, self.run_id, text, name)
 
+    def log_model(self, model, name: str, input_example, code_paths: list[str], requirements: str) -> str | None:
+        """Log a network as an MLflow model (`mlflow.pytorch.load_model(uri)` gives it back); returns its URI.
+
+        The signature is inferred from `input_example`; `code_paths` (the `pipeline` package) travel with the
+        model, so it loads outside this project; `requirements` (a requirements file) saves MLflow inferring them.
+        The fluent API needs an active run: this run is resumed for the call (and marked finished in between;
+        leaving the `with` block sets its final status as always).
+        """
+        if not self._active():
+            return None
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with retry_when_busy(mlflow.start_run, run_id=self.run_id):
+            info = retry_when_busy(mlflow.pytorch.log_model, model, name=name, input_example=input_example,
+                                   code_paths=code_paths, pip_requirements=requirements,
+                                   serialization_format="pickle")  # an nn.Module back, not a torch.export program
+        return info.model_uri
+
+    def register_model(self, model_uri: str, name: str, tags: dict) -> str | None:
+        """Register a logged model in the MLflow Model Registry under `name`, with `tags`; returns its version."""
+        if not self._active():
+            return None
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        version = retry_when_busy(mlflow.register_model, model_uri, name, tags=self._clean_tags(tags))
+        return version.version
+
     def log_model_weights(self, state_dict_path: Path) -> None:
         if self._active():
             if not Path(state_dict_path).is_file():

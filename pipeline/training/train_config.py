@@ -1,5 +1,10 @@
 """What a training run is: its validated settings (`TrainConfig`) and its learning-rate schedule.
 
+- `TrainSettings` is the training recipe, the fields of params.yaml's `evaluate` section that shape a run; the
+  study's `evaluate` section extends it (pipeline.study.config) and `TrainConfig` adds the device and the seed. A
+  new training param is one line here. Models are pydantic: strict types (YAML's `true` is no number), bounds in
+  `Field`, choices as `Literal`, unknown keys refused; cross-field rules raise `invalid(...)`, whose context names
+  the field so that params.yaml errors can name the key.
 - The learning rate is set before every iteration from a pure function of the global step
   (`learning_rate`), so the schedule has no state to save: resuming after N epochs continues at step
   N * steps_per_epoch. Milestones and warmup are given in epochs; warmup is linear from lr/warmup_steps
@@ -8,86 +13,75 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Any, Literal, Optional, get_args
 
-SCHEDULES = ("cosine", "multistep", "constant", "onecycle")
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# Every settings model: strict types, no unknown keys. Shared by the search and study settings.
+SETTINGS = ConfigDict(extra="forbid", strict=True)
+Schedule = Literal["cosine", "multistep", "constant", "onecycle"]
+SCHEDULES = get_args(Schedule)
 ONECYCLE_START_DIVISOR = 25.0  # onecycle starts at lr / 25, as torch.optim.lr_scheduler.OneCycleLR does
 # Fields that do not change the weights' trajectory, so a resumed run may change them.
 _OUTSIDE_FINGERPRINT = ("device", "divergence_loss", "chance_margin")
 
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Device = Annotated[str, Field(min_length=1, description="auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")]
 
-@dataclass
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
+
+def invalid(field: str, value: Any, allowed: str) -> PydanticCustomError:
+    """A cross-field error; `field` (a dotted path from the validated model) lets a caller name the key."""
+    return PydanticCustomError("invalid_setting", "{field} = {value} is invalid; allowed: {allowed}",
+                               {"field": field, "value": repr(value), "allowed": allowed})
+
+
+class TrainSettings(BaseModel):
+    """The training recipe (params.yaml `evaluate` section, less the study's own keys)."""
+    model_config = SETTINGS
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2, description="BatchNorm needs more than one sample")
+    lr: PositiveFinite = Field(description="SGD with momentum; the schedule is per iteration")
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    amp: bool = False  # bf16 autocast, effective on CUDA only
-    grad_clip: float | None = None  # max global gradient L2 norm
-    device: str = "auto"
-    seed: int = 0
-    divergence_loss: float = 1e3  # a running epoch loss above this (or non-finite) = diverged
-    chance_margin: float = 5.0  # final top-1 <= chance + this many points = failed to learn
-    eval_every: int = 1  # evaluate the test set after every N-th epoch and always after the last
-    deterministic: bool = True  # CPU: torch's deterministic algorithms (bit-exact resume), ~10% of a step
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
+    schedule: Schedule = "cosine"
+    milestones: list[Annotated[int, Field(ge=1)]] = Field([], description="multistep only: epochs where lr *= gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: Optional[PositiveFinite] = Field(None, description="max global gradient L2 norm; null: no clipping")
+    amp: bool = Field(False, description="bf16 autocast, effective on CUDA only")
+    divergence_loss: float = Field(1e3, gt=0, description="a running loss above this (or not finite) = diverged; "
+                                                          "inf disables the check")
+    chance_margin: float = Field(5.0, ge=0, lt=100, description="final top-1 <= 10% + this = failed_to_learn")
+    eval_every: int = Field(1, ge=1, description="evaluate the test set after every N-th epoch and always after the "
+                                                 "last (the result)")
+    deterministic: bool = Field(True, description="CPU: torch's deterministic algorithms (bit-exact resume); "
+                                                  "false: ~10% faster steps")
 
-    def _fail(self, name: str, allowed: str) -> None:
-        raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
-
-    def _check_int(self, name: str, minimum: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self._fail(name, f"expected an int >= {minimum}")
-
-    def _check_real(self, name: str, ok: Callable[[float], bool], allowed: str) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
-            self._fail(name, f"expected {allowed}")
-        setattr(self, name, float(value))
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("seed", 0)):
-            self._check_int(name, minimum)
-        self._check_real("lr", lambda v: 0 <= v < math.inf, "a finite number >= 0")
-        self._check_real("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
-        self._check_real("weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0")
-        self._check_real("gamma", lambda v: 0 < v <= 1, "a number in (0, 1]")
-        self._check_real("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
-        self._check_real("divergence_loss", lambda v: v > 0, "a number > 0 (math.inf disables the check)")
-        self._check_real("chance_margin", lambda v: 0 <= v < 100, "percentage points in [0, 100)")
-        if self.grad_clip is not None:
-            self._check_real("grad_clip", lambda v: 0 < v < math.inf, "None or a finite number > 0")
-        for name in ("nesterov", "amp"):
-            if not isinstance(getattr(self, name), bool):
-                self._fail(name, "expected True or False")
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.nesterov and self.momentum == 0:
-            self._fail("nesterov", "Nesterov momentum needs momentum > 0")
-        if self.schedule not in SCHEDULES:
-            self._fail("schedule", f"expected one of {list(SCHEDULES)}")
-        milestones = self.milestones
-        if not isinstance(milestones, (list, tuple)) or any(
-                isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) \
-                or list(milestones) != sorted(set(milestones)):
-            self._fail("milestones", "expected a strictly increasing list of epoch numbers >= 1")
-        self.milestones = list(milestones)
+            raise invalid("nesterov", self.nesterov, "false with momentum 0 (Nesterov momentum needs momentum > 0)")
+        if self.milestones != sorted(set(self.milestones)):
+            raise invalid("milestones", self.milestones, "a strictly increasing list of epoch numbers")
         if self.schedule == "multistep" and not self.milestones:
-            self._fail("milestones", "schedule 'multistep' needs at least one milestone epoch")
+            raise invalid("milestones", self.milestones, "at least one epoch with schedule 'multistep'")
         if self.schedule != "multistep" and self.milestones:
-            self._fail("milestones", f"milestones only apply to schedule 'multistep', not {self.schedule!r}")
+            raise invalid("milestones", self.milestones, f"[] (milestones only apply to schedule 'multistep', "
+                                                         f"not {self.schedule!r})")
         if self.warmup_epochs > self.epochs:
-            self._fail("warmup_epochs", f"must not exceed epochs ({self.epochs})")
-        if not isinstance(self.device, str) or not self.device.strip():
-            self._fail("device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+            raise invalid("warmup_epochs", self.warmup_epochs, f"at most epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(TrainSettings):
+    """One training run: the recipe, where it runs and its seed."""
+    device: Device = "auto"
+    seed: int = Field(0, ge=0)
 
 
 def trajectory_config(cfg: TrainConfig) -> dict:
@@ -95,9 +89,7 @@ def trajectory_config(cfg: TrainConfig) -> dict:
 
     `epochs` only shapes the cosine and onecycle schedules; with the others a finished run may be extended.
     """
-    values = dataclasses.asdict(cfg)
-    for name in _OUTSIDE_FINGERPRINT:
-        values.pop(name)
+    values = cfg.model_dump(exclude=set(_OUTSIDE_FINGERPRINT))
     if cfg.schedule not in ("cosine", "onecycle"):
         values.pop("epochs")
     return values

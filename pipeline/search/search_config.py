@@ -1,0 +1,104 @@
+"""What a search is: its validated settings, the `search` section of params.yaml (pydantic models).
+
+`SearchSettings` holds every key of that section that one search reads (a new search param is one line here);
+the study's section (pipeline.study.config) adds the lists of optimizers and spaces it crosses, and
+`SearchConfig` names the one optimizer and space of a search, and its device. Each optimizer's own settings are a
+sub-model (`darts`, `gdas`, `drnas`), as in params.yaml.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union, get_args
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from pipeline.space.genotype import BETA_MODES, SPACES
+from pipeline.space.models import DEPTHS
+from pipeline.space.ops import resolve_op_set
+from pipeline.training.train_config import SETTINGS, Device, PositiveFinite, invalid
+
+Optimizer = Literal["darts", "gdas", "drnas"]
+OPTIMIZERS = get_args(Optimizer)
+Space = Literal[tuple(SPACES)]
+Network = Literal[tuple(DEPTHS)]
+BetaMode = Literal[BETA_MODES]
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _valid_op_set(spec):
+    resolve_op_set(spec)  # raises ValueError naming the unknown operators and the allowed ones
+    return spec
+
+
+OpSet = Annotated[Union[str, dict[str, list[str]]], AfterValidator(_valid_op_set),
+                  Field(description="poster | ramachandran | grafs | {unary: [...], binary: [...]}")]
+
+
+class DartsSettings(BaseModel):
+    model_config = SETTINGS
+    second_order: bool = Field(False, description="unrolled architecture gradient (about 3x slower)")
+
+
+class GdasSettings(BaseModel):
+    model_config = SETTINGS
+    tau_max: PositiveFinite = Field(10.0, description="Gumbel temperature, annealed linearly to tau_min")
+    tau_min: PositiveFinite = 0.1
+
+
+class DrnasSettings(BaseModel):
+    model_config = SETTINGS
+    regularizer: Literal["kl", "l2", "none"] = Field("kl", description="towards a flat Dirichlet prior, per edge")
+    reg_scale: float = Field(1e-3, ge=0, allow_inf_nan=False)
+    per_site_sample: bool = Field(False, description="an independent sample at every activation site")
+
+
+class SearchSettings(BaseModel):
+    """Every setting one search reads (params.yaml `search` section, less the lists it crosses)."""
+    model_config = SETTINGS
+
+    op_set: OpSet = "grafs"
+    network: Network = Field("resnet8", description="the supernet")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: PositiveFinite = Field(0.025, description="network weights: SGD, cosine decay to lr_min")
+    lr_min: float = Field(0.001, ge=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0, allow_inf_nan=False)
+    grad_clip: PositiveFinite = 5.0
+    arch_lr: PositiveFinite = Field(3e-4, description="alphas: Adam")
+    arch_betas: tuple[AdamBeta, AdamBeta] = Field((0.5, 0.999), strict=False, description="Adam's (beta1, beta2)")
+    arch_weight_decay: float = Field(1e-3, ge=0, allow_inf_nan=False)
+    beta_mode: BetaMode = Field("scalar", description="scalar: one beta per operator; channel: one per channel")
+    betas_with: Literal["weights", "arch"] = Field("weights", description="which optimizer trains the betas")
+    warmup_epochs: int = Field(0, ge=0, description="epochs that train only the weights before the alphas move")
+    seed: int = Field(0, ge=0)
+    amp: bool = Field(False, description="bf16 autocast on CUDA")
+    darts: DartsSettings = DartsSettings()
+    gdas: GdasSettings = GdasSettings()
+    drnas: DrnasSettings = DrnasSettings()
+
+    @model_validator(mode="after")
+    def _warmup_leaves_search_epochs(self):
+        if self.warmup_epochs >= self.epochs:
+            raise invalid("warmup_epochs", self.warmup_epochs, f"0 <= warmup_epochs < epochs ({self.epochs})")
+        return self
+
+
+class SearchConfig(SearchSettings):
+    """One search: the settings, its optimizer and space, and where it runs."""
+    optimizer: Optimizer = "darts"
+    space: Space = "simple"
+    device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _second_order_is_darts_only(self):
+        if self.darts.second_order and self.optimizer != "darts":
+            raise invalid("darts.second_order", True, f"false for optimizer {self.optimizer!r} (only DARTS has "
+                                                      "a second-order variant)")
+        return self
+
+    @model_validator(mode="after")
+    def _per_site_sample_is_drnas_only(self):
+        if self.drnas.per_site_sample and self.optimizer != "drnas":
+            raise invalid("drnas.per_site_sample", True, f"false for optimizer {self.optimizer!r} (only DrNAS draws a "
+                                                         "sample per activation site)")
+        return self
