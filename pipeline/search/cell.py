@@ -162,7 +162,9 @@ class Supernet(nn.Module):
 
 def discretized_network(supernet: Supernet, genotype: Genotype, train_betas: bool = True) -> nn.Module:
     """The supernet's network with the genotype's fixed activation, keeping the supernet's network weights."""
-    net = build_resnet(supernet.network_name, genotype.factory(supernet.cell.beta_mode, train_betas, fast_forward))
+    mode = supernet.cell.beta_mode  # as searched: scalar betas shared by every site, channel betas per site
+    net = build_resnet(supernet.network_name, genotype.factory(mode, train_betas, fast_forward,
+                                                               "shared" if mode == "scalar" else "per_site"))
     weights = {k: v for k, v in supernet.net.state_dict().items() if ".site_betas." not in k}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     assert not unexpected and all(".beta." in k for k in missing), (missing, unexpected)
