@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.search.architect import Architect
-from pipeline.search.cell import Supernet
+from pipeline.search.cell import BETA_INITS, Supernet
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.space.genotype import Genotype
@@ -53,6 +53,8 @@ class SearchConfig:
     drnas_reg_scale: float = 1e-3
     per_site_sample: bool = False  # DrNAS: an independent sample at every activation site
     beta_mode: str = "scalar"  # scalar | channel
+    beta_init: str = "default"  # default: each operator's beta_init | grafs: N(1, 0.25) draws (GRAFS)
+    beta_clamp: Optional[float] = None  # betas projected into [-beta_clamp, beta_clamp] (GRAFS: 10); None: free
     betas_with: str = "weights"  # which optimizer trains the betas: weights | arch
     warmup_epochs: int = 0  # epochs that train only the network weights before alphas move
     device: str = "auto"
@@ -62,7 +64,8 @@ class SearchConfig:
     def __post_init__(self):
         self.arch_betas = tuple(self.arch_betas)
         choices = {"optimizer": OPTIMIZERS, "space": ("simple", "complex"), "beta_mode": ("scalar", "channel"),
-                   "betas_with": ("weights", "arch"), "drnas_regularizer": ("kl", "l2", "none")}
+                   "betas_with": ("weights", "arch"), "drnas_regularizer": ("kl", "l2", "none"),
+                   "beta_init": BETA_INITS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"search.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
@@ -72,6 +75,8 @@ class SearchConfig:
         for key in ("lr", "arch_lr", "tau_min", "tau_max"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"search.{key}: {getattr(self, key)!r} must be > 0")
+        if self.beta_clamp is not None and not self.beta_clamp > 0:
+            raise ValueError(f"search.beta_clamp: {self.beta_clamp!r} must be > 0 or null (no bound)")
         if self.second_order and self.optimizer != "darts":
             raise ValueError("search.second_order: only DARTS has a second-order variant; set it to false")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -89,7 +94,8 @@ class SearchResult:
 def build_supernet(cfg: SearchConfig) -> Supernet:
     relaxation = make_relaxation(cfg.optimizer, tau_max=cfg.tau_max, tau_min=cfg.tau_min, seed=cfg.seed,
                                  drnas_regularizer=cfg.drnas_regularizer, drnas_reg_scale=cfg.drnas_reg_scale)
-    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.per_site_sample)
+    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.per_site_sample,
+                    beta_init=cfg.beta_init, beta_clamp=cfg.beta_clamp)
 
 
 def evaluate_supernet(model: torch.nn.Module, loader, device, amp: bool = False) -> dict:

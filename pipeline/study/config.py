@@ -12,6 +12,7 @@ local path that exists (DVC hashes it as a dependency); the MLflow store is chec
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,24 +75,46 @@ class SearchParams:
     beta_mode: str
     betas_with: str
     warmup_epochs: int
-    seed: int
+    beta_init: str
+    beta_clamp: Optional[float]
+    seeds: tuple[int, ...]  # one search per seed: a DVC matrix axis like optimizers and spaces
     amp: bool
     darts: dict
     gdas: dict
     drnas: dict
 
-    def config(self, optimizer: str, space: str, device: str = "auto") -> SearchConfig:
+    def config(self, optimizer: str, space: str, seed: int, device: str = "auto") -> SearchConfig:
         common = {f.name: getattr(self, f.name) for f in dataclasses.fields(SearchConfig)
-                  if hasattr(self, f.name) and f.name not in ("optimizer", "space", "device")}
-        return SearchConfig(optimizer=optimizer, space=space, device=device, **common,
+                  if hasattr(self, f.name) and f.name not in ("optimizer", "space", "device", "seed")}
+        return SearchConfig(optimizer=optimizer, space=space, seed=seed, device=device, **common,
                             second_order=optimizer == "darts" and self.darts["second_order"],
                             tau_max=self.gdas["tau_max"], tau_min=self.gdas["tau_min"],
                             drnas_regularizer=self.drnas["regularizer"], drnas_reg_scale=self.drnas["reg_scale"],
                             per_site_sample=self.drnas["per_site_sample"])
 
     def names(self) -> list[str]:
-        """The searched activations, `<optimizer>-<space>`, in params order."""
-        return [f"{optimizer}-{space}" for optimizer in self.optimizers for space in self.spaces]
+        """The searched activations, `<optimizer>-<space>-s<seed>`, in params order."""
+        return [searched_name(optimizer, space, seed)
+                for optimizer in self.optimizers for space in self.spaces for seed in self.seeds]
+
+
+def searched_name(optimizer: str, space: str, seed: int) -> str:
+    """A searched activation's name and results folder, e.g. `drnas-complex-s1`. (DVC names the stages from the
+    matrix values, so the stage is `search@drnas-complex-1`: `search_stage_suffix`.)"""
+    return f"{optimizer}-{space}-s{seed}"
+
+
+def parse_searched(name: str) -> tuple[str, str, int]:
+    """`drnas-complex-s1` -> ("drnas", "complex", 1); a ParamsError for anything else."""
+    parts = name.split("-")
+    if len(parts) != 3 or not re.fullmatch(r"s[0-9]+", parts[2]):
+        raise ParamsError(f"{name!r} is not a searched activation name <optimizer>-<space>-s<seed>")
+    return parts[0], parts[1], int(parts[2][1:])
+
+
+def search_stage_suffix(optimizer: str, space: str, seed: int) -> str:
+    """The DVC matrix suffix of a search's stages: `drnas-complex-1` (DVC joins the matrix values with '-')."""
+    return f"{optimizer}-{space}-{seed}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,7 @@ class EvaluateParams:
     grad_clip: Optional[float]
     amp: bool
     beta_mode: str
+    betas: str  # shared: one set per network, as searched | per_site: a copy per activation site
     train_betas: bool
     divergence_loss: float
     chance_margin: float
@@ -151,6 +175,13 @@ class Params:
 
     def tracking_uri(self) -> str:
         return resolve_tracking_uri(self.root, self.study.tracking_uri)
+
+    def search_seed(self, seed: int) -> int:
+        """A stage's --seed, checked against search.seeds (dvc.yaml and params.yaml must agree)."""
+        if seed not in self.search.seeds:
+            raise ParamsError(f"params.yaml: search seed {seed} is not in search.seeds = {list(self.search.seeds)}; "
+                              "check dvc.yaml against params.yaml")
+        return seed
 
     def activations(self) -> dict[str, str]:
         """Every evaluated activation name -> its origin: 'baseline', 'searched' or 'custom'."""
@@ -208,9 +239,12 @@ def _check_consistency(params: Params) -> None:
     for optimizer in search.optimizers:
         for space in search.spaces:
             try:
-                search.config(optimizer, space, params.study.device)
+                search.config(optimizer, space, search.seeds[0], params.study.device)
             except ValueError as err:
                 raise ParamsError(f"params.yaml: {err}") from None
+    if evaluate.betas == "shared" and evaluate.beta_mode != "scalar":
+        raise bad("evaluate.beta_mode", evaluate.beta_mode, "scalar with evaluate.betas: shared (shared betas are "
+                  "one number per operator; per-channel betas need evaluate.betas: per_site)")
     try:
         evaluate.train_config(evaluate.seeds[0], params.study.device)
     except ValueError as err:
@@ -218,7 +252,7 @@ def _check_consistency(params: Params) -> None:
     taken = set(evaluate.baselines) | set(search.names())
     for name in evaluate.custom:
         if name in taken or name in BASELINES:
-            raise bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>")
+            raise bad("evaluate.custom", name, "names that differ from the baselines and <optimizer>-<space>-s<seed>")
 
 
 def _check_paths(params: Params) -> None:

@@ -11,10 +11,11 @@ import re
 from typing import Any
 
 from pipeline.training.device import resolve_device
-from pipeline.space.genotype import BASELINES, BETA_MODES, SPACES
+from pipeline.space.genotype import BASELINES, BETA_MODES, BETA_SHARING, SPACES
 from pipeline.space.models import DEPTHS
 from pipeline.space.ops import resolve_op_set
 from pipeline.study.param_checks import ParamsError, bad, boolean, choice, integer, list_of, number, optional, text
+from pipeline.search.cell import BETA_INITS
 from pipeline.search.loop import OPTIMIZERS
 from pipeline.training.train_config import SCHEDULES
 
@@ -63,7 +64,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "lr_min": number(0), "momentum": number(0, 1), "weight_decay": number(0), "grad_clip": number(0, low_open=True),
         "arch_lr": number(0, low_open=True), "arch_betas": arch_betas, "arch_weight_decay": number(0),
         "beta_mode": choice(BETA_MODES), "betas_with": choice(("weights", "arch")), "warmup_epochs": integer(0),
-        "seed": integer(0), "amp": boolean,
+        "beta_init": choice(BETA_INITS), "beta_clamp": optional(number(0, low_open=True)),
+        "seeds": list_of(integer(0)), "amp": boolean,
         "darts": {"second_order": boolean},
         "gdas": {"tau_max": number(0, low_open=True), "tau_min": number(0, low_open=True)},
         "drnas": {"regularizer": choice(("kl", "l2", "none")), "reg_scale": number(0), "per_site_sample": boolean},
@@ -77,7 +79,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "nesterov": boolean, "weight_decay": number(0), "schedule": choice(SCHEDULES),
         "milestones": list_of(integer(1), allow_empty=True), "gamma": number(0, 1, low_open=True, high_open=False),
         "warmup_epochs": integer(0), "label_smoothing": number(0, 1), "grad_clip": optional(number(0, low_open=True)),
-        "amp": boolean, "beta_mode": choice(BETA_MODES), "train_betas": boolean,
+        "amp": boolean, "beta_mode": choice(BETA_MODES), "betas": choice(BETA_SHARING), "train_betas": boolean,
         "divergence_loss": number(0, low_open=True), "chance_margin": number(0, 100),
     },
 }
