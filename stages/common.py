@@ -75,18 +75,19 @@ def load_prepared() -> dict:
     return _load(PREPARED_DATA, "the prepared data")
 
 
-def search_loaders(batch_size: int, seed: int, device: torch.device,
-                   drop_last: bool = True) -> tuple[BatchLoader, BatchLoader]:
-    """Loaders over the two disjoint search splits: network weights (augmented) and architecture (plain).
+def search_loaders(batch_size: int, seed: int, device: torch.device, drop_last: bool = True,
+                   augment_arch: bool = True) -> tuple[BatchLoader, BatchLoader]:
+    """Loaders over the two disjoint search splits: network weights and architecture, both augmented with the
+    training transform (crop + flip) as DARTS, DrNAS and GRAFS feed their architecture step.
 
-    Training drops the last partial batch (BatchNorm needs more than one sample); evaluation passes
-    drop_last=False to see every image."""
+    Training drops the last partial batch (BatchNorm needs more than one sample); a measurement (the
+    discretization gap) passes drop_last=False and augment_arch=False to see every image as it is."""
     data, split = load_prepared(), _load(SEARCH_SPLIT, "the search split")
     images, labels = data["train_images"], data["train_labels"]
     weights, arch = split["weights"], split["arch"]
     train = BatchLoader(images[weights], labels[weights], batch_size, shuffle=True, augment=True, drop_last=True,
                         device=device, seed=seed)
-    val = BatchLoader(images[arch], labels[arch], batch_size, shuffle=True, augment=False, drop_last=drop_last,
+    val = BatchLoader(images[arch], labels[arch], batch_size, shuffle=True, augment=augment_arch, drop_last=drop_last,
                       device=device, seed=seed + 1)
     return train, val
 

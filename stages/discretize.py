@@ -1,6 +1,6 @@
-"""Stage `discretize@<optimizer>-<space>`: the searched supernet -> one concrete activation function.
+"""Stage `discretize@<optimizer>-<space>-<seed>`: the searched supernet -> one concrete activation function.
 
-Writes results/discretize/<optimizer>-<space>/: genotype.json (what evaluate retrains), formula.txt/.tex,
+Writes results/discretize/<optimizer>-<space>-s<seed>/: genotype.json (what evaluate retrains), formula.txt/.tex,
 activation.png (beside ReLU and Swish) and discretize.json (equivalence warning, validation top-1/top-5 of the
 supernet and of the discretized network on the architecture split, and the discretization gap).
 """
@@ -13,6 +13,7 @@ from pipeline.training.device import resolve_device, seed_everything
 from pipeline.analysis.describe import describe_genotype
 from pipeline.search.discretize import discretize
 from pipeline.search.loop import load_supernet
+from pipeline.study.config import search_stage_suffix, searched_name
 from stages.common import RESULTS, log, run, search_loaders, stage_run, start
 
 
@@ -20,15 +21,18 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", required=True)
     parser.add_argument("--space", required=True)
+    parser.add_argument("--seed", required=True, type=int, help="the search seed (one of search.seeds)")
     args = parser.parse_args(argv)
-    name = f"{args.optimizer}-{args.space}"
-    stage = f"discretize@{name}"
+    name = searched_name(args.optimizer, args.space, args.seed)
+    stage = f"discretize@{search_stage_suffix(args.optimizer, args.space, args.seed)}"
     params = start(stage)
     device = resolve_device(params.study.device)
     supernet, cfg = load_supernet(RESULTS / "search" / name / "supernet.pt", device)
-    _, val_loader = search_loaders(params.discretize.batch_size, cfg.seed, device, drop_last=False)
+    # The gap is a measurement: every image of the architecture split, unaugmented.
+    _, val_loader = search_loaders(params.discretize.batch_size, cfg.seed, device, drop_last=False,
+                                   augment_arch=False)
     out = RESULTS / "discretize" / name
-    tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
+    tags = {"optimizer": args.optimizer, "space": args.space, "search_seed": args.seed, "network": cfg.network}
     with stage_run(params, stage, tags, {"discretize.batch_size": params.discretize.batch_size}) as mlflow_run:
         seed_everything(cfg.seed, deterministic=device.type == "cpu")  # GDAS/DrNAS sample while evaluating
         genotype, gap = discretize(supernet, val_loader, device, amp=cfg.amp)

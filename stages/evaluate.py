@@ -1,10 +1,11 @@
 """Stage `evaluate-<origin>@<activation>-<network>-<seed>`: retrain a network from scratch with one activation.
 
-The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>: the genotype
-from its discretize stage) or a custom one (activations/<name>.json). Writes
-results/evaluate/<activation>/<network>/seed<seed>/: metrics.json (final test top-1/top-5, status ok / diverged /
-failed_to_learn, time per epoch, the MLflow model's URI), history.csv (per epoch), weights.pt (state dict) and
-genotype.json. The MLflow run holds the network as a model (`mlflow.pytorch.load_model`) with its signature.
+The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>-s<seed>: the
+genotype from its discretize stage; the stage is evaluate-searched@<optimizer>-<space>-<seed>-<network>-<seed>) or
+a custom one (activations/<name>.json). Writes results/evaluate/<activation>/<network>/seed<seed>/: metrics.json
+(final test top-1/top-5, status ok / diverged / failed_to_learn, time per epoch, the MLflow model's URI),
+history.csv (per epoch), weights.pt (state dict) and genotype.json. The MLflow run holds the network as a model
+(`mlflow.pytorch.load_model`) with its signature.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from pipeline.data.augment import BatchLoader
 from pipeline.kernels.fused_genotype import fast_forward
-from pipeline.study.config import Params, ParamsError
+from pipeline.study.config import Params, ParamsError, parse_searched, search_stage_suffix
 from pipeline.training.device import resolve_device, seed_everything
 from pipeline.space.genotype import BASELINES, Genotype
 from pipeline.space.models import build_resnet, count_parameters
@@ -46,7 +47,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--network", required=True)
     parser.add_argument("--seed", required=True, type=int)
     args = parser.parse_args(argv)
-    stage = f"evaluate-{args.origin}@{args.activation}-{args.network}-{args.seed}"
+    searched = parse_searched(args.activation) if args.origin == "searched" else None  # (optimizer, space, seed)
+    # DVC names the stage from its matrix values: evaluate-searched@drnas-complex-1-resnet8-0 for drnas-complex-s1.
+    matrix_name = search_stage_suffix(*searched) if searched else args.activation
+    stage = f"evaluate-{args.origin}@{matrix_name}-{args.network}-{args.seed}"
     params = start(stage)
     genotype = resolve_genotype(params, args.origin, args.activation)
     cfg = params.evaluate.train_config(args.seed, params.study.device)
@@ -62,9 +66,9 @@ def main(argv: list[str]) -> None:
     formula = genotype.formula()
     tags = {"activation": args.activation, "origin": args.origin, "network": args.network, "seed": args.seed,
             "formula": formula}
-    if args.origin == "searched":
-        tags["optimizer"], tags["space"] = args.activation.split("-")
-    run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode,
+    if searched:
+        tags["optimizer"], tags["space"], tags["search_seed"] = searched
+    run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode, "betas": params.evaluate.betas,
                   "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:
         def log_epoch(record: dict) -> None:
@@ -72,8 +76,8 @@ def main(argv: list[str]) -> None:
 
         def train(path):
             seed_everything(args.seed, deterministic=device.type == "cpu")  # the initial weights depend on it
-            model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode,
-                                                                params.evaluate.train_betas, fast_forward))
+            model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode, params.evaluate.train_betas,
+                                                                fast_forward, params.evaluate.betas))
             meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict()}
             return model, train_model(model, train_loader, test_loader, cfg, checkpoint_path=path,
                                       on_epoch=log_epoch, checkpoint_meta=meta)

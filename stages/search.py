@@ -1,6 +1,6 @@
-"""Stage `search@<optimizer>-<space>`: one-shot search of the activation cell on the search network.
+"""Stage `search@<optimizer>-<space>-<seed>`: one-shot search of the activation cell on the search network.
 
-Writes results/search/<optimizer>-<space>/: supernet.pt (for discretize), history.json and history.csv (per
+Writes results/search/<optimizer>-<space>-s<seed>/: supernet.pt (for discretize), history.json and history.csv (per
 epoch: losses, top-1/top-5, lr, temperature, operator weights, entropy, betas, formula) and summary.json.
 A checkpoint after every epoch (checkpoints/, outside the DVC outputs) lets a killed search resume; it is
 deleted once the stage has succeeded. Each epoch goes to MLflow as it ends.
@@ -13,6 +13,7 @@ import math
 from pipeline.training.device import resolve_device
 from pipeline.search.loop import save_supernet
 from pipeline.search.loop import run_search
+from pipeline.study.config import search_stage_suffix, searched_name
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, stage_run, start,
                            write_csv, write_json)
 
@@ -32,15 +33,16 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", required=True)
     parser.add_argument("--space", required=True)
+    parser.add_argument("--seed", required=True, type=int, help="the search seed (one of search.seeds)")
     args = parser.parse_args(argv)
-    name = f"{args.optimizer}-{args.space}"
-    stage = f"search@{name}"
+    name = searched_name(args.optimizer, args.space, args.seed)
+    stage = f"search@{search_stage_suffix(args.optimizer, args.space, args.seed)}"
     params = start(stage)
-    cfg = params.search.config(args.optimizer, args.space, params.study.device)
+    cfg = params.search.config(args.optimizer, args.space, params.search_seed(args.seed), params.study.device)
     out = RESULTS / "search" / name
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader = search_loaders(cfg.batch_size, cfg.seed, resolve_device(cfg.device))
-    tags = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network}
+    tags = {"optimizer": args.optimizer, "space": args.space, "search_seed": args.seed, "network": cfg.network}
     with stage_run(params, stage, tags, {"search": cfg.model_dump()}) as mlflow_run:
         logged = set()
 
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> None:
         write_json(out / "history.json", result.history)
         write_csv(out / "history.csv", result.history)
         last = result.history[-1]
-        summary = {"optimizer": args.optimizer, "space": args.space, "network": cfg.network,
+        summary = {"optimizer": args.optimizer, "space": args.space, "seed": args.seed, "network": cfg.network,
                    "genotype": result.genotype.to_dict(), "formula": result.genotype.formula(),
                    "skipped_steps": result.skipped_steps, "epochs": cfg.epochs,
                    "final": {key: last[key] for key in ("train_top1", "train_top5", "val_loss", "val_top1",

@@ -7,7 +7,6 @@ training batch and blocks there, so that a test kills the process at a known poi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     train = BatchLoader(*colour_task(64, seed=1), 16, shuffle=True, augment=True, seed=7)
     val = BatchLoader(*colour_task(64, seed=2), 16, shuffle=True, augment=False, seed=8)
     train = maybe_blocking(train, args.block_at)
-    config = dataclasses.replace(CONFIG, optimizer=args.optimizer)
+    config = CONFIG.model_copy(update={"optimizer": args.optimizer})
     result = run_search(config, train, val, checkpoint_path=args.checkpoint)
     history = [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in result.history]
     torch.save({"model": result.supernet.state_dict(), "genotype": result.genotype.to_dict(), "history": history,

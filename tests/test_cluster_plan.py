@@ -5,6 +5,7 @@ import pytest
 
 from pipeline.study.cluster_plan import StagePlan
 from pipeline.study.cluster import read_graph
+from pipeline.study.config import search_stage_suffix
 from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options
 from pipeline.study.config import ParamsError, load_params
 
@@ -112,16 +113,16 @@ def test_a_simple_command_replaces_its_shell_and_a_list_keeps_it():
 def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
     needs, cmds = read_graph(ROOT, [])
     params = load_params(ROOT / "params.yaml", check_paths=False)
-    searched = params.search.names()
+    o, s, seed0 = params.search.optimizers[0], params.search.spaces[0], params.search.seeds[0]
+    suffix = search_stage_suffix(o, s, seed0)  # DVC names matrix stages by their values: darts-simple-0
     assert needs["download"] == set() and needs["prepare"] == {"download"}
-    assert needs[f"discretize@{searched[0]}"] == {"prepare", f"search@{searched[0]}"}  # the split, the supernet
+    assert needs[f"discretize@{suffix}"] == {"prepare", f"search@{suffix}"}  # the split, the supernet
     network, seed = params.evaluate.networks[0], params.evaluate.seeds[0]
-    assert needs[f"evaluate-searched@{searched[0]}-{network}-{seed}"] == {"prepare", f"discretize@{searched[0]}"}
+    assert needs[f"evaluate-searched@{suffix}-{network}-{seed}"] == {"prepare", f"discretize@{suffix}"}
     assert needs[f"evaluate-baseline@relu-{network}-{seed}"] == {"prepare"}
     assert needs["aggregate"] == set(needs) - {"aggregate", "prepare", "download"}
-    assert cmds[f"search@{searched[0]}"] == "python -m stages.search --optimizer {} --space {}".format(
-        *searched[0].split("-"))
+    assert cmds[f"search@{suffix}"] == f"python -m stages.search --optimizer {o} --space {s} --seed {seed0}"
 
-    only, _ = read_graph(ROOT, [f"discretize@{searched[0]}"])  # a target brings what it needs, nothing else
-    assert only == {"download": set(), "prepare": {"download"}, f"search@{searched[0]}": {"prepare"},
-                    f"discretize@{searched[0]}": {"prepare", f"search@{searched[0]}"}}
+    only, _ = read_graph(ROOT, [f"discretize@{suffix}"])  # a target brings what it needs, nothing else
+    assert only == {"download": set(), "prepare": {"download"}, f"search@{suffix}": {"prepare"},
+                    f"discretize@{suffix}": {"prepare", f"search@{suffix}"}}

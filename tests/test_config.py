@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.study.config import ParamsError, load_params, parse_params
+from pipeline.study.config import ParamsError, load_params, parse_params, parse_searched, search_stage_suffix
 from pipeline.space.genotype import RELU
 from pydantic import BaseModel
 
@@ -45,8 +45,12 @@ def test_the_committed_defaults_load_and_describe_the_whole_study():
     assert set(params.search.spaces) == {"simple", "complex"}
     assert set(params.evaluate.networks) == {"resnet8", "resnet20"}
     assert set(params.evaluate.baselines) == {"relu", "swish"} and len(params.evaluate.seeds) >= 2
-    assert list(params.activations()) == ["relu", "swish", "darts-simple", "darts-complex", "gdas-simple",
-                                          "gdas-complex", "drnas-simple", "drnas-complex"]
+    assert list(params.activations()) == ["relu", "swish", "darts-simple-s0", "darts-complex-s0", "gdas-simple-s0",
+                                          "gdas-complex-s0", "drnas-simple-s0", "drnas-complex-s0"]
+
+
+def _key_tree(node) -> dict:
+    return {key: _key_tree(value) for key, value in node.items()} if isinstance(node, dict) else None
 
 
 def _key_paths(tree: dict, prefix: str = "") -> set[str]:
@@ -66,28 +70,83 @@ def test_every_preset_is_a_complete_valid_params_file(preset):
     assert params.search.optimizers and params.evaluate.networks
     committed = _key_paths(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert _key_paths(yaml.safe_load(Path(preset).read_text())) == committed, "a preset lacks or adds a key"
+    assert len(params.activations()) == (len(params.evaluate.baselines) + len(params.evaluate.custom)
+                                         + len(params.search.optimizers) * len(params.search.spaces)
+                                         * len(params.search.seeds))
+
+
+def test_presets_smoke_ci_and_full():
+    assert {p.stem for p in PRESETS} >= {"ci", "full", "smoke"}
+    ci = load_params(ROOT / "presets" / "ci.yaml", check_paths=False, root=ROOT)
+    assert ci.search.seeds == [0]  # CI stays fast: one search per optimizer x space
+    full = load_params(ROOT / "presets" / "full.yaml", check_paths=False, root=ROOT)
+    assert len(full.search.seeds) == 3 and set(full.evaluate.networks) == {"resnet8", "resnet20", "resnet56"}
+    assert (full.search.beta_init, full.search.beta_clamp) == ("grafs", 10.0)
+
+
+def test_search_seeds_name_the_searched_activations_and_their_stages(raw):
+    raw["search"]["optimizers"], raw["search"]["spaces"], raw["search"]["seeds"] = ["drnas"], ["complex"], [1, 2]
+    params = parse_params(raw, ROOT, check_paths=False)
+    assert params.search.names() == ["drnas-complex-s1", "drnas-complex-s2"]
+    assert parse_searched("drnas-complex-s2") == ("drnas", "complex", 2)
+    assert search_stage_suffix("drnas", "complex", 2) == "drnas-complex-2"  # DVC joins the matrix values
+    assert params.search.config("drnas", "complex", 2).seed == 2 and params.search_seed(1) == 1
+    assert "search seed 3 is not in search.seeds = [1, 2]" in str(pytest.raises(ParamsError, params.search_seed, 3).value)
+    with pytest.raises(ParamsError, match="not a searched activation name"):
+        parse_searched("drnas-complex")
+    raw["search"]["seeds"] = [1, 1]
+    assert "search.seeds" in error_of(raw) and "repeated" in error_of(raw)
+
+
+def test_dvc_matrices_run_one_search_per_seed():
+    stages = _stages()
+    for name in ("search", "discretize", "evaluate-searched"):
+        assert "${search.seeds}" in stages[name]["matrix"].values(), name
+    assert "results/search/${item.optimizer}-${item.space}-s${item.seed}" in stages["search"]["outs"]
+    assert "--activation ${item.optimizer}-${item.space}-s${item.search_seed}" in stages["evaluate-searched"]["cmd"]
+
+
+def test_shared_retraining_betas_are_scalars(raw):
+    raw["evaluate"]["beta_mode"] = "channel"
+    message = error_of(raw)
+    assert "evaluate.beta_mode = 'channel'" in message and "evaluate.betas: per_site" in message
+    raw["evaluate"]["betas"] = "per_site"
+    assert parse_params(raw, ROOT, check_paths=False).evaluate.betas == "per_site"
+    raw["evaluate"]["betas"] = "global"
+    assert "evaluate.betas = 'global'" in error_of(raw)
+
+
+def test_beta_options_of_the_search(raw):
+    raw["search"]["beta_init"], raw["search"]["beta_clamp"] = "grafs", 10
+    cfg = parse_params(raw, ROOT, check_paths=False).search.config("darts", "simple", 0)
+    assert (cfg.beta_init, cfg.beta_clamp) == ("grafs", 10.0)
+    raw["search"]["beta_clamp"] = 0
+    assert "search.beta_clamp = 0" in error_of(raw)
+    raw["search"]["beta_clamp"], raw["search"]["beta_init"] = None, "uniform"
+    assert "search.beta_init = 'uniform'" in error_of(raw)
 
 
 def test_the_full_preset_is_the_published_protocol():
     params = load_params(ROOT / "presets" / "full.yaml", check_paths=False, root=ROOT)
     assert params.data.train_size is None and params.data.test_size is None
-    assert params.search.epochs >= 50 and len(params.evaluate.seeds) >= 3
-    train = params.evaluate.train_config(seed=0)
-    assert (train.epochs, train.lr, train.momentum, train.weight_decay, train.schedule) == (200, 0.1, 0.9, 5e-4,
-                                                                                             "cosine")
+    assert params.search.epochs == 50 and len(params.evaluate.seeds) >= 3 and params.search.network == "resnet20"
+    assert (params.data.search_train_size, params.data.search_val_size) == (37500, 12500)  # GRAFS: 75% / 25%
+    train = params.evaluate.train_config(seed=0)  # He et al. (2016): 64k iterations of 128, lr / 10 at 32k and 48k
+    assert (train.epochs, train.lr, train.momentum, train.weight_decay, train.schedule, train.milestones,
+            train.batch_size) == (164, 0.1, 0.9, 1e-4, "multistep", [82, 123], 128)
 
 
 def test_search_config_takes_each_optimizers_own_section(raw):
     raw["search"]["gdas"] = {"tau_max": 5.0, "tau_min": 0.5}
     raw["search"]["darts"] = {"second_order": True}
     params = parse_params(raw, ROOT, check_paths=False)
-    gdas = params.search.config("gdas", "complex", "cpu")
+    gdas = params.search.config("gdas", "complex", 0, "cpu")
     assert (gdas.optimizer, gdas.space, gdas.gdas.tau_max, gdas.gdas.tau_min, gdas.device) == ("gdas", "complex", 5.0,
                                                                                                0.5, "cpu")
     assert gdas.darts.second_order is False  # second order belongs to DARTS alone
-    assert params.search.config("darts", "simple").darts.second_order is True
-    assert params.search.config("darts", "simple").gdas.tau_max == 10.0  # a search sees only its own section
-    assert params.search.config("drnas", "simple").drnas.regularizer == raw["search"]["drnas"]["regularizer"]
+    assert params.search.config("darts", "simple", 0).darts.second_order is True
+    assert params.search.config("darts", "simple", 0).gdas.tau_max == 10.0  # a search sees only its own section
+    assert params.search.config("drnas", "simple", 0).drnas.regularizer == raw["search"]["drnas"]["regularizer"]
 
 
 def test_unknown_key_names_it_suggests_the_fix_and_lists_the_allowed_keys(raw):

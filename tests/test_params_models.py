@@ -45,7 +45,7 @@ def test_the_library_settings_are_the_params_sections():
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()), ROOT, check_paths=False)
     assert set(SearchSettings.model_fields) <= set(type(params.search).model_fields)
     assert set(TrainSettings.model_fields) <= set(type(params.evaluate).model_fields)
-    cfg = params.search.config("drnas", "complex", "cpu")
+    cfg = params.search.config("drnas", "complex", 0, "cpu")
     assert isinstance(cfg, SearchConfig) and cfg.lr == params.search.lr and cfg.drnas == params.search.drnas
     train = params.evaluate.train_config(seed=3, device="cpu")
     assert isinstance(train, TrainConfig) and train.seed == 3 and train.milestones == params.evaluate.milestones

@@ -83,14 +83,19 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
 
     first = dvc(project, "repro")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    searched = [f"{o}-{s}" for o in params["search"]["optimizers"] for s in params["search"]["spaces"]]
+    # Searched activations are <optimizer>-<space>-s<seed>; DVC names their stages from the matrix values.
+    search_runs = [(o, s, seed) for o in params["search"]["optimizers"] for s in params["search"]["spaces"]
+                   for seed in params["search"]["seeds"]]
+    searched = [f"{o}-{s}-s{seed}" for o, s, seed in search_runs]
+    suffixes = {f"{o}-{s}-s{seed}": f"{o}-{s}-{seed}" for o, s, seed in search_runs}
     networks, seeds = params["evaluate"]["networks"], params["evaluate"]["seeds"]
     activations = ["relu", "swish", *searched, "exploding"]
-    evaluate_stages = {f"evaluate-{origin}@{name}-{network}-{seed}" for name, origin in
+    evaluate_stages = {f"evaluate-{origin}@{suffixes.get(name, name)}-{network}-{seed}" for name, origin in
                        [("relu", "baseline"), ("swish", "baseline"), ("exploding", "custom")]
                        + [(name, "searched") for name in searched] for network in networks for seed in seeds}
-    all_stages = ({"download", "prepare", "aggregate"} | {f"search@{n}" for n in searched}
-                  | {f"discretize@{n}" for n in searched} | evaluate_stages)
+    all_stages = ({"download", "prepare", "aggregate"} | {f"search@{suffixes[n]}" for n in searched}
+                  | {f"discretize@{suffixes[n]}" for n in searched} | evaluate_stages)
+    assert (project / "results" / "search" / searched[0] / "supernet.pt").is_file()
     assert ran_stages(first) == all_stages
 
     # The table: a row per activation; every row has numbers except the diverging one, which shows its status.
@@ -116,7 +121,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert prepared["data"] == "CIFAR-10 (JPEG q75 copy)"  # the report names the data it ran on
     assert not list((project / "checkpoints").glob("*.pt")), "checkpoints are deleted after success"
 
-    check_mlflow(project, params["study"]["experiment"], all_stages, searched)
+    check_mlflow(project, params["study"]["experiment"], all_stages, search_runs)
 
     second = dvc(project, "repro")
     assert not ran_stages(second), second
@@ -134,13 +139,13 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert len(found) == 1, shown
     data = found[0]["data"]
     assert data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] == epochs
-    assert "relu" in data["metrics"]["reports/summary.json"]["data"]
+    assert "relu" in data["metrics"]["reports/summary.json"]["data"]["activations"]
     diff = json.loads(dvc(project, "metrics", "diff", "--json"))["reports/summary.json"]
     changed = {key for key, entry in diff.items() if entry.get("diff")}
-    assert f"relu.{networks[0]}.top1_mean" in changed or f"relu.{networks[0]}.top5_mean" in changed, diff
+    assert "activations.relu.top1" in changed, diff
 
 
-def check_mlflow(project: Path, experiment: str, stages: set[str], searched: list[str]) -> None:
+def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: list[tuple]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -152,9 +157,13 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], searched: lis
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
 
-    search = runs[f"search@{searched[0]}"]
-    optimizer, space = searched[0].split("-")
+    optimizer, space, search_seed = search_runs[0]
+    search = runs[f"search@{optimizer}-{space}-{search_seed}"]
     assert (search.data.tags["optimizer"], search.data.tags["space"]) == (optimizer, space)
+    assert search.data.tags["search_seed"] == str(search_seed)
+    retrained = next(run for name, run in runs.items() if name.startswith(f"evaluate-searched@{optimizer}-{space}"))
+    assert retrained.data.tags["activation"] == f"{optimizer}-{space}-s{search_seed}"
+    assert retrained.data.tags["search_seed"] == str(search_seed)
     assert "formula" in search.data.tags
     assert {"val_top1", "val_top5", "train_loss", "lr", "entropy.u1", "weight.u1.relu"} <= set(search.data.metrics)
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"history.csv", "history.json", "weights"}

@@ -80,7 +80,7 @@ def reference():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("epochs", 0, "greater than or equal to 1"), ("batch_size", 2.5, "valid integer"), ("lr", -0.1, "greater than 0"),
+    ("epochs", 0, "greater than or equal to 1"), ("batch_size", 2.5, "valid integer"), ("lr", -0.1, "greater than or equal to 0"),
     ("lr", math.nan, "finite number"), ("momentum", 1.0, "less than 1"), ("weight_decay", -1, "greater than or equal"),
     ("schedule", "step", "'cosine'"), ("gamma", 0, "greater than 0"), ("label_smoothing", 1.0, "less than 1"),
     ("amp", "yes", "valid boolean"), ("grad_clip", 0, "greater than 0"), ("seed", -1, "greater than or equal to 0"),

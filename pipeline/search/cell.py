@@ -25,12 +25,40 @@ def _beta_key(edge: str, op: str) -> str:
     return f"{edge}__{op}"
 
 
+# --- beta options (GRAFS, Strack et al. 2024) -------------------------------------------------------------------
+BETA_INITS = ("default", "grafs")
+GRAFS_BETA_MEAN, GRAFS_BETA_STD = 1.0, 0.25
+
+
+def initial_beta(op, beta_init: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """An operator's starting beta: its registry value (`default`), or under `grafs` a draw from N(1, 0.25) per
+    element, as GRAFS starts its BetaMul, BetaAdd and Beta; `interp` keeps 0.5, which is where GRAFS's BetaMix
+    starts (sigmoid(0)). Draws use the global generator, seeded by the search."""
+    if beta_init not in BETA_INITS:
+        raise ValueError(f"unknown beta init {beta_init!r}; choose one of {BETA_INITS}")
+    if beta_init == "grafs" and op.name != "interp":
+        return torch.normal(GRAFS_BETA_MEAN, GRAFS_BETA_STD, size=shape)
+    return torch.full(shape, op.beta_init)
+
+
+def project_betas(bound: float):
+    """A forward pre-hook that projects every beta into [-bound, bound] in place before the supernet runs, so each
+    forward (weight step, architecture step, evaluation) sees bounded betas while the gradient stays live at the
+    bound (a functional clamp would zero it there for good)."""
+    def hook(supernet, inputs):
+        with torch.no_grad():
+            for beta in supernet.beta_parameters():
+                beta.clamp_(-bound, bound)
+    return hook
+
+
 class SearchCell(nn.Module):
     """Alphas (one vector per edge) and shared scalar betas; no forward of its own."""
 
     def __init__(self, space: str, op_set, relaxation: Relaxation, beta_mode: str = "scalar",
-                 per_site_sample: bool = False, alpha_init_std: float = 1e-3):
+                 per_site_sample: bool = False, alpha_init_std: float = 1e-3, beta_init: str = "default"):
         super().__init__()
+        self.beta_init = beta_init
         unary, binary = resolve_op_set(op_set)
         self.space, self.beta_mode, self.relaxation = space, beta_mode, relaxation
         self.per_site_sample = per_site_sample
@@ -45,8 +73,8 @@ class SearchCell(nn.Module):
 
     def make_betas(self, channels: int) -> nn.ParameterDict:
         return nn.ParameterDict({
-            _beta_key(edge, name): nn.Parameter(torch.full(beta_shape(self.beta_mode, channels),
-                                                           self.registry[edge][name].beta_init))
+            _beta_key(edge, name): nn.Parameter(initial_beta(self.registry[edge][name], self.beta_init,
+                                                             beta_shape(self.beta_mode, channels)))
             for edge, names in self.candidates.items() for name in names if self.registry[edge][name].has_beta
         })
 
@@ -106,11 +134,13 @@ class Supernet(nn.Module):
     """A CIFAR ResNet whose activations are mixed cells sharing one set of alphas."""
 
     def __init__(self, network: str, space: str, op_set, relaxation: Relaxation, beta_mode: str = "scalar",
-                 per_site_sample: bool = False):
+                 per_site_sample: bool = False, beta_init: str = "default", beta_clamp: Optional[float] = None):
         super().__init__()
         self.network_name = network
-        self.cell = SearchCell(space, op_set, relaxation, beta_mode, per_site_sample)
+        self.cell = SearchCell(space, op_set, relaxation, beta_mode, per_site_sample, beta_init=beta_init)
         self.net = build_resnet(network, lambda channels: MixedActivation(self.cell, channels))
+        if beta_clamp is not None:
+            self.register_forward_pre_hook(project_betas(beta_clamp))
 
     @property
     def relaxation(self) -> Relaxation:
@@ -162,7 +192,9 @@ class Supernet(nn.Module):
 
 def discretized_network(supernet: Supernet, genotype: Genotype, train_betas: bool = True) -> nn.Module:
     """The supernet's network with the genotype's fixed activation, keeping the supernet's network weights."""
-    net = build_resnet(supernet.network_name, genotype.factory(supernet.cell.beta_mode, train_betas, fast_forward))
+    mode = supernet.cell.beta_mode  # as searched: scalar betas shared by every site, channel betas per site
+    net = build_resnet(supernet.network_name, genotype.factory(mode, train_betas, fast_forward,
+                                                               "shared" if mode == "scalar" else "per_site"))
     weights = {k: v for k, v in supernet.net.state_dict().items() if ".site_betas." not in k}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     assert not unexpected and all(".beta." in k for k in missing), (missing, unexpected)

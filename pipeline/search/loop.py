@@ -41,7 +41,8 @@ class SearchResult:
 def build_supernet(cfg: SearchConfig) -> Supernet:
     relaxation = make_relaxation(cfg.optimizer, tau_max=cfg.gdas.tau_max, tau_min=cfg.gdas.tau_min, seed=cfg.seed,
                                  drnas_regularizer=cfg.drnas.regularizer, drnas_reg_scale=cfg.drnas.reg_scale)
-    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.drnas.per_site_sample)
+    return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.drnas.per_site_sample,
+                    beta_init=cfg.beta_init, beta_clamp=cfg.beta_clamp)
 
 
 def evaluate_supernet(model: torch.nn.Module, loader, device, amp: bool = False) -> dict:

@@ -7,7 +7,7 @@ sub-model (`darts`, `gdas`, `drnas`), as in params.yaml.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Literal, Optional, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
@@ -69,8 +69,11 @@ class SearchSettings(BaseModel):
     arch_weight_decay: float = Field(1e-3, ge=0, allow_inf_nan=False)
     beta_mode: BetaMode = Field("scalar", description="scalar: one beta per operator; channel: one per channel")
     betas_with: Literal["weights", "arch"] = Field("weights", description="which optimizer trains the betas")
+    beta_init: Literal["default", "grafs"] = Field("default", description="default: each operator's beta_init | "
+                                                   "grafs: N(1, 0.25) draws (GRAFS)")
+    beta_clamp: Optional[PositiveFinite] = Field(None, description="betas projected into [-beta_clamp, beta_clamp] "
+                                                                   "(GRAFS: 10); null: free")
     warmup_epochs: int = Field(0, ge=0, description="epochs that train only the weights before the alphas move")
-    seed: int = Field(0, ge=0)
     amp: bool = Field(False, description="bf16 autocast on CUDA")
     darts: DartsSettings = DartsSettings()
     gdas: GdasSettings = GdasSettings()
@@ -87,6 +90,7 @@ class SearchConfig(SearchSettings):
     """One search: the settings, its optimizer and space, and where it runs."""
     optimizer: Optimizer = "darts"
     space: Space = "simple"
+    seed: int = Field(0, ge=0)
     device: Device = "auto"
 
     @model_validator(mode="after")

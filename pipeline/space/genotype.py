@@ -25,6 +25,7 @@ SPACES: dict[str, tuple[tuple[str, int], ...]] = {
     "complex": (("u1", 1), ("u2", 1), ("b1", 2), ("u3", 1), ("u4", 1), ("b2", 2)),
 }
 BETA_MODES = ("scalar", "channel")
+BETA_SHARING = ("shared", "per_site")  # retraining: one set of betas per network, or one per activation site
 
 
 def edges_of(space: str) -> tuple[str, ...]:
@@ -157,13 +158,25 @@ class Genotype:
 
     # --- modules ------------------------------------------------------------------------------------------
     def build(self, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
-              kernel: Optional[Callable] = None) -> nn.Module:
-        return GenotypeActivation(self, channels, beta_mode, train_betas, kernel)
+              kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None) -> nn.Module:
+        return GenotypeActivation(self, channels, beta_mode, train_betas, kernel, betas)
 
-    def factory(self, beta_mode: str = "scalar", train_betas: bool = True, kernel: Optional[Callable] = None):
+    def factory(self, beta_mode: str = "scalar", train_betas: bool = True, kernel: Optional[Callable] = None,
+                betas: str = "shared"):
         """An activation factory for `pipeline.space.models.build_resnet`; `kernel(activation, x)`, if given,
-        replaces the plain forward (the retraining fast path, `pipeline.kernels.fused_genotype.fast_forward`)."""
-        return lambda channels: self.build(channels, beta_mode, train_betas, kernel)
+        replaces the plain forward (the retraining fast path, `pipeline.kernels.fused_genotype.fast_forward`).
+
+        `betas`: `shared` (one set of betas for the whole network, handed to every site, as the search shares
+        them: the retrained function is the searched one) or `per_site` (each site its own copy)."""
+        if betas not in BETA_SHARING:
+            raise ValueError(f"unknown beta sharing {betas!r}; choose one of {BETA_SHARING}")
+        if betas == "per_site":
+            return lambda channels: self.build(channels, beta_mode, train_betas, kernel)
+        if beta_mode != "scalar":
+            raise ValueError(f"shared betas are scalars (sites differ in channels); beta mode {beta_mode!r} "
+                             "needs per-site betas")
+        shared = make_betas(self, beta_mode, 1, train_betas)
+        return lambda channels: self.build(channels, beta_mode, train_betas, kernel, shared)
 
     def function(self):
         """The genotype as a plain float64 function of a tensor, for analysis and plots."""
@@ -177,20 +190,27 @@ def beta_shape(beta_mode: str, channels: int) -> tuple[int, ...]:
     return () if beta_mode == "scalar" else (channels, 1, 1)
 
 
+def make_betas(genotype: Genotype, beta_mode: str, channels: int, train_betas: bool) -> nn.ParameterDict:
+    """The genotype's betas as parameters, one per edge whose operator has one, starting from the genotype's
+    values (the searched ones)."""
+    return nn.ParameterDict({
+        edge: nn.Parameter(torch.full(beta_shape(beta_mode, channels), float(beta)), requires_grad=train_betas)
+        for edge, beta in zip(genotype.edges, genotype.betas) if beta is not None
+    })
+
+
 class GenotypeActivation(nn.Module):
     """A fixed activation function: the genotype's operators, its betas as (optionally trainable) parameters."""
 
     def __init__(self, genotype: Genotype, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
-                 kernel: Optional[Callable] = None):
+                 kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None):
         super().__init__()
         self.genotype = genotype
         # The space layer knows no kernels: the code that builds a network passes the fast path in.
         self.kernel = kernel
         self.ops = {edge: get_op(name) for edge, name in zip(genotype.edges, genotype.ops)}
-        self.beta = nn.ParameterDict({
-            edge: nn.Parameter(torch.full(beta_shape(beta_mode, channels), float(beta)), requires_grad=train_betas)
-            for edge, beta in zip(genotype.edges, genotype.betas) if beta is not None
-        })
+        # Given betas are shared with other sites (the same Parameters: model.parameters() lists them once).
+        self.beta = betas if betas is not None else make_betas(genotype, beta_mode, channels, train_betas)
 
     def _apply_edge(self, edge, *inputs):
         return self.ops[edge].fn(*inputs, self.beta[edge] if edge in self.beta else None)

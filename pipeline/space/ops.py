@@ -139,8 +139,12 @@ _unary("abs", lambda x, b=None: x.abs(), lambda x, b: sympy.Abs(x), "|x|")
 _unary("square", lambda x, b=None: _clip_input(x, _X_SQUARE) ** 2, lambda x, b: x ** 2, "x^2")
 _unary("cube", lambda x, b=None: _clip_input(x, _X_CUBE) ** 3, lambda x, b: x ** 3, "x^3")
 _unary("sqrt", _safe_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, 0)), "sqrt(max(x,0))")
-_unary("scale", lambda x, b: b * x, lambda x, b: b * x, "beta*x", beta_init=1.0)
-_unary("shift", lambda x, b: x + b, lambda x, b: x + b, "x+beta", beta_init=0.0)
+# Initial betas keep every candidate a different function at initialisation (tests/test_op_sets.py): scale at 1
+# would be identity, shift at 0 identity, const at 0 zero; identical candidates get identical alpha gradients, so
+# their family's weight is split between them and the argmax is biased against it. shift and const start at 1 as
+# in the original code and GRAFS (whose N(1, 0.25) draw is search.beta_init: grafs); scale at 0.5.
+_unary("scale", lambda x, b: b * x, lambda x, b: b * x, "beta*x", beta_init=0.5)
+_unary("shift", lambda x, b: x + b, lambda x, b: x + b, "x+beta", beta_init=1.0)
 _unary("log", _safe_log, lambda x, b: sympy.log(sympy.Abs(x)), "log(|x|)")
 _unary("exp", lambda x, b=None: torch.exp(x.clamp(max=_X_EXP)), lambda x, b: sympy.exp(x), "exp(x)")
 _unary("sin", lambda x, b=None: torch.sin(x), lambda x, b: sympy.sin(x), "sin(x)")
@@ -157,7 +161,7 @@ _unary("sigmoid", lambda x, b=None: torch.sigmoid(x), lambda x, b: sigmoid_(x), 
 _unary("softplus", lambda x, b=None: F.softplus(x), lambda x, b: sympy.log(1 + sympy.exp(x)), "log(1+exp(x))")
 _unary("gauss", lambda x, b=None: torch.exp(-x * x), lambda x, b: sympy.exp(-x ** 2), "exp(-x^2)")
 _unary("erf", lambda x, b=None: torch.erf(x), lambda x, b: sympy.erf(x), "erf(x)")
-_unary("const", _beta_like, lambda x, b: b, "beta", beta_init=0.0)
+_unary("const", _beta_like, lambda x, b: b, "beta", beta_init=1.0)
 _unary("zero", lambda x, b=None: torch.zeros_like(x), lambda x, b: sympy.Integer(0), "0")
 _unary("sign", lambda x, b=None: torch.sign(x), lambda x, b: sympy.sign(x), "sign(x)")
 _unary("silu", lambda x, b=None: F.silu(x), lambda x, b: x * sigmoid_(x), "x*sigmoid(x)")
@@ -187,9 +191,10 @@ _binary("right", lambda a, c, b=None: c, lambda a, c, b: c, "x2")
 
 # Named operator sets: (unary names, binary names).
 OP_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # The original study's restricted set (jr2021/DARTS_activations): 18 unary, 7 binary.
+    # The original study's restricted set (jr2021/DARTS_activations): 18 unary, 7 binary. Its `Sign` computes -x
+    # (`neg` here, not torch.sign); its `BetaMix` is -beta*x1 + (1-beta)*x2 from beta = 1, `interp` here.
     "poster": (
-        ("identity", "zero", "sqrt", "sin", "cos", "abs", "sign", "scale", "shift", "log", "tanh", "asinh",
+        ("identity", "zero", "sqrt", "sin", "cos", "abs", "neg", "scale", "shift", "log", "tanh", "asinh",
          "atan", "sinc", "relu", "min0", "sigmoid", "const"),
         ("add", "sub", "mul", "max", "min", "sigmul", "interp"),
     ),

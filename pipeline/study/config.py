@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -96,16 +97,37 @@ class DataParams(BaseModel):
 class SearchParams(SearchSettings):
     optimizers: Choices(Optimizer)
     spaces: Choices(Space)
+    seeds: Choices(Annotated[int, Field(ge=0)]) = Field(description="one search per seed: a DVC matrix axis")
 
-    def config(self, optimizer: str, space: str, device: str = "auto") -> SearchConfig:
+    def config(self, optimizer: str, space: str, seed: int, device: str = "auto") -> SearchConfig:
         """One search's settings; the other optimizers' own sections keep their defaults (no DVC param of it)."""
         others = {name for name in SearchConfig.model_fields if name in OPTIMIZERS and name != optimizer}
-        values = self.model_dump(exclude={"optimizers", "spaces"} | others)
-        return SearchConfig(**values, optimizer=optimizer, space=space, device=device)
+        values = self.model_dump(exclude={"optimizers", "spaces", "seeds"} | others)
+        return SearchConfig(**values, optimizer=optimizer, space=space, seed=seed, device=device)
 
     def names(self) -> list[str]:
-        """The searched activations, `<optimizer>-<space>`, in params order."""
-        return [f"{optimizer}-{space}" for optimizer in self.optimizers for space in self.spaces]
+        """The searched activations, `<optimizer>-<space>-s<seed>`, in params order."""
+        return [searched_name(optimizer, space, seed)
+                for optimizer in self.optimizers for space in self.spaces for seed in self.seeds]
+
+
+def searched_name(optimizer: str, space: str, seed: int) -> str:
+    """A searched activation's name and results folder, e.g. `drnas-complex-s1`. (DVC names the stages from the
+    matrix values, so the stage is `search@drnas-complex-1`: `search_stage_suffix`.)"""
+    return f"{optimizer}-{space}-s{seed}"
+
+
+def parse_searched(name: str) -> tuple[str, str, int]:
+    """`drnas-complex-s1` -> ("drnas", "complex", 1); a ParamsError for anything else."""
+    parts = name.split("-")
+    if len(parts) != 3 or not re.fullmatch(r"s[0-9]+", parts[2]):
+        raise ParamsError(f"{name!r} is not a searched activation name <optimizer>-<space>-s<seed>")
+    return parts[0], parts[1], int(parts[2][1:])
+
+
+def search_stage_suffix(optimizer: str, space: str, seed: int) -> str:
+    """The DVC matrix suffix of a search's stages: `drnas-complex-1` (DVC joins the matrix values with '-')."""
+    return f"{optimizer}-{space}-{seed}"
 
 
 class DiscretizeParams(BaseModel):
@@ -120,6 +142,8 @@ class EvaluateParams(TrainSettings):
     custom: Choices(CustomName, min_length=0)
     test_batch_size: int = Field(ge=1)
     beta_mode: Literal[BETA_MODES] = Field(description="the searched functions' betas: scalar | channel")
+    betas: Literal["shared", "per_site"] = Field(description="shared: one set of betas per network, as searched | "
+                                                             "per_site: a copy per activation site")
     train_betas: bool = Field(description="keep training the betas while retraining")
 
     def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
@@ -171,6 +195,13 @@ class Params(BaseModel):
     def tracking_uri(self) -> str:
         return resolve_tracking_uri(self.root, self.study.tracking_uri)
 
+    def search_seed(self, seed: int) -> int:
+        """A stage's --seed, checked against search.seeds (dvc.yaml and params.yaml must agree)."""
+        if seed not in self.search.seeds:
+            raise ParamsError(f"params.yaml: search seed {seed} is not in search.seeds = {list(self.search.seeds)}; "
+                              "check dvc.yaml against params.yaml")
+        return seed
+
     def activations(self) -> dict[str, str]:
         """Every evaluated activation name -> its origin: 'baseline', 'searched' or 'custom'."""
         return ({name: "baseline" for name in self.evaluate.baselines}
@@ -192,11 +223,14 @@ class Params(BaseModel):
                                                                  "(batches are full)")
         if train_size < evaluate.batch_size:
             raise invalid("data.train_size", data.train_size, f">= evaluate.batch_size = {evaluate.batch_size}")
+        if evaluate.betas == "shared" and evaluate.beta_mode != "scalar":
+            raise invalid("evaluate.beta_mode", evaluate.beta_mode, "scalar with evaluate.betas: shared (shared "
+                          "betas are one number per operator; per-channel betas need evaluate.betas: per_site)")
         taken = set(evaluate.baselines) | set(search.names()) | set(BASELINES)
         for name in evaluate.custom:
             if name in taken:
                 raise invalid("evaluate.custom", name, "names that differ from the baselines and "
-                                                       "<optimizer>-<space>")
+                                                       "<optimizer>-<space>-s<seed>")
         return self
 
 

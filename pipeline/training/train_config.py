@@ -43,7 +43,7 @@ class TrainSettings(BaseModel):
 
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2, description="BatchNorm needs more than one sample")
-    lr: PositiveFinite = Field(description="SGD with momentum; the schedule is per iteration")
+    lr: float = Field(ge=0, allow_inf_nan=False, description="SGD with momentum; the schedule is per iteration")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
