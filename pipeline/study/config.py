@@ -74,6 +74,11 @@ class SearchParams:
     beta_mode: str
     betas_with: str
     warmup_epochs: int
+    warmstart_epochs: int  # GRAFS: weight steps with plain ReLU for these first epochs
+    start_shrinking: Optional[int]  # GRAFS: first epoch (from 0) of progressive shrinking; None: no shrinking
+    bn_recalibration_batches: int  # BatchNorm recalibration of the discretized network, in training batches
+    select: str  # best | last: the epoch whose supernet gives the genotype
+    selection: str  # argmax | perturbation: how the genotype is read off that supernet
     seed: int
     amp: bool
     darts: dict

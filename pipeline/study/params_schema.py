@@ -16,6 +16,7 @@ from pipeline.space.models import DEPTHS
 from pipeline.space.ops import resolve_op_set
 from pipeline.study.param_checks import ParamsError, bad, boolean, choice, integer, list_of, number, optional, text
 from pipeline.search.loop import OPTIMIZERS
+from pipeline.search.select import SELECTIONS
 from pipeline.training.train_config import SCHEDULES
 
 CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
@@ -63,6 +64,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "lr_min": number(0), "momentum": number(0, 1), "weight_decay": number(0), "grad_clip": number(0, low_open=True),
         "arch_lr": number(0, low_open=True), "arch_betas": arch_betas, "arch_weight_decay": number(0),
         "beta_mode": choice(BETA_MODES), "betas_with": choice(("weights", "arch")), "warmup_epochs": integer(0),
+        "warmstart_epochs": integer(0), "start_shrinking": optional(integer(0)),
+        "bn_recalibration_batches": integer(0), "select": choice(("best", "last")), "selection": choice(SELECTIONS),
         "seed": integer(0), "amp": boolean,
         "darts": {"second_order": boolean},
         "gdas": {"tau_max": number(0, low_open=True), "tau_min": number(0, low_open=True)},
