@@ -1,6 +1,13 @@
 """The GRAFS parts of the search loop: ReLU warm start, BatchNorm recalibration, the discretized network measured
 every epoch, best-epoch selection, perturbation-based selection, and a killed GRAFS search resuming bit-exactly."""
 import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +23,9 @@ from pipeline.search.loop import SearchConfig, _weight_step, build_supernet, run
 from pipeline.search.recalibrate import recalibrate_batchnorm
 from pipeline.search.select import perturbation_genotype
 from pipeline.space.models import build_resnet
+from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.metrics import MetricAccumulator
+from tests import search_subprocess_script as script
 from tests.train_subprocess_script import colour_task
 
 OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}
@@ -189,3 +198,45 @@ def test_discretize_reports_the_gap_with_and_without_recalibration():
     recorded = run_search(config(epochs=1, bn_recalibration_batches=2), train, val).history[-1]
     assert gap["discretized_val_top1_recalibrated"] == recorded["discretized_val_top1"]
     assert genotype == result.genotype
+
+
+@pytest.mark.slow
+def test_killed_grafs_search_resumes_to_the_same_result(tmp_path):
+    """SIGKILL in the middle of epoch 2 of a search with warm start, shrinking (the masks differ between the
+    checkpoints), best-epoch and perturbation selection: the resumed run ends exactly where the reference ends."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+
+    def command(name, *extra):
+        return [sys.executable, str(repo / "tests" / "search_subprocess_script.py"), str(tmp_path / f"{name}.ckpt"),
+                str(tmp_path / f"{name}.out"), "--grafs", *extra]
+
+    threads = torch.get_num_threads()
+    try:
+        script.main(command("reference")[2:])
+    finally:
+        torch.set_num_threads(threads)
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command("killed", "--batch-delay", "0.05"), env=env, cwd=repo, stderr=log)
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 1 batch 2" not in log_path.read_text():
+            assert process.poll() is None, f"the search ended before it could be killed:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, "timed out waiting for the second epoch"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+    saved = load_checkpoint(tmp_path / "killed.ckpt")
+    assert saved["epoch"] == 1 and not saved["model"]["cell.mask_u1"].all()  # a mask after epoch 1's drops
+    rerun = subprocess.run(command("killed"), env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming search from epoch 1" in rerun.stderr
+    reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
+    assert resumed["genotype"] == reference["genotype"]
+    assert json.dumps(resumed["history"]) == json.dumps(reference["history"])
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), f"{name} differs"
