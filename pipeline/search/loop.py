@@ -31,17 +31,15 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from pipeline.kernels import fused
 from pipeline.search.architect import Architect
-from pipeline.search.cell import Supernet, discretized_network
-from pipeline.search.recalibrate import recalibrate_batchnorm
+from pipeline.search.cell import Supernet
+from pipeline.search.evaluation import evaluate_discretized, evaluate_supernet, selection_score
 from pipeline.search.select import SELECTIONS, select_genotype
 from pipeline.search.shrink import drops_per_epoch, remaining_fraction
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.space.genotype import Genotype
 from pipeline.training.metrics import MetricAccumulator
-from pipeline.training.train import evaluate
 from pipeline.search.relax import entropy, make_relaxation
 
 log = logging.getLogger(__name__)
@@ -124,32 +122,6 @@ def build_supernet(cfg: SearchConfig) -> Supernet:
     relaxation = make_relaxation(cfg.optimizer, tau_max=cfg.tau_max, tau_min=cfg.tau_min, seed=cfg.seed,
                                  drnas_regularizer=cfg.drnas_regularizer, drnas_reg_scale=cfg.drnas_reg_scale)
     return Supernet(cfg.network, cfg.space, cfg.op_set, relaxation, cfg.beta_mode, cfg.per_site_sample)
-
-
-def evaluate_supernet(model: torch.nn.Module, loader, device, amp: bool = False) -> dict:
-    """Loss/top-1/top-5 of the supernet as trained (GDAS and DrNAS draw a sample per batch)."""
-    model.eval()
-    acc = MetricAccumulator()
-    with torch.no_grad():
-        for x, y in loader:
-            if isinstance(model, Supernet):
-                model.relaxation.resample(model.cell.alpha_dict())
-            with autocast_context(device, amp):
-                logits = model(x)
-            acc.update(F.cross_entropy(logits.float(), y), logits, y)
-    return acc.result()
-
-
-def evaluate_discretized(supernet: Supernet, genotype: Genotype, train_loader, val_loader, device,
-                         recalibration_batches: int, amp: bool = False) -> dict:
-    """Loss/top-1/top-5 on `val_loader` of the discretized network (the supernet's weights, `genotype` as its
-    activation) after its BatchNorm statistics are re-estimated on `recalibration_batches` training batches. Run
-    on the eager fused path: a compiled kernel per genotype would cost more than it saves here."""
-    mode = fused.get_mode()
-    with fused.using("eager" if mode in ("auto", "compile") else mode):
-        net = discretized_network(supernet, genotype)
-        recalibrate_batchnorm(net, train_loader, recalibration_batches)
-        return evaluate(net, val_loader, device, amp)
 
 
 def _epoch_record(supernet: Supernet, epoch: int) -> dict:
@@ -256,21 +228,9 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     if cfg.select == "best" and best["state"] is not None:
         supernet.load_state_dict(best["state"])
         selected_epoch = best["epoch"]
-    genotype, scores = select_genotype(supernet, cfg.selection, lambda net: _selection_score(net, val_loader, cfg,
-                                                                                               device))
+    genotype, scores = select_genotype(supernet, cfg.selection, lambda net: selection_score(net, val_loader, device,
+                                                                                              cfg.seed, cfg.amp))
     return SearchResult(genotype, history, skipped, supernet, selected_epoch, scores)
-
-
-def _selection_score(supernet: Supernet, val_loader, cfg: SearchConfig, device) -> float:
-    """Validation top-1 of the (masked) supernet for perturbation-based selection; every candidate is measured
-    with the same random draws (GDAS/DrNAS samples), and the search's random state is left as it was."""
-    relaxation_state = supernet.relaxation.state_dict()  # GDAS: its own generator
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
-        try:
-            return evaluate_supernet(supernet, val_loader, device, cfg.amp)["top1"]
-        finally:
-            supernet.relaxation.load_state_dict(relaxation_state)
 
 
 def _cycle(loader):
