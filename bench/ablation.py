@@ -75,8 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
     if args.quick:
-        args.search_train = args.search_val = 128
-        args.epochs, args.batch, args.retrain_train, args.retrain_test, args.retrain_epochs = 2, 32, 256, 200, 1
+        args.search_train = args.search_val = 64
+        args.epochs, args.batch, args.retrain_train, args.retrain_test, args.retrain_epochs = 2, 32, 128, 100, 1
         args.variants = args.variants or "drnas,grafs"
     known = variants(args.epochs)
     args.variants = (args.variants or ",".join(known)).split(",")
