@@ -6,8 +6,10 @@ Rows, per network (ResNet8 and ResNet20): ReLU and Swish (built-in nn modules); 
 supernets, simple and complex spaces, operator set "grafs" (the search's weight step: forward, backward, gradient
 clipping, SGD step, alphas frozen, betas trained); retraining of discretized functions (GenotypeActivation) for
 x*sigmoid(x) (identity/identity/sigmul) and max(x,0)+beta (relu/const/add). Also, on the search network: one full
-search iteration (architecture step + weight step at the search batch size), the plain autograd supernet of
-before (fused cells off) as the reference, and the share of a step spent loading and augmenting a batch.
+search iteration (architecture step + weight step at the search batch size), the same after 50% and 90% of
+progressive shrinking's drops (darts-simple, drnas-complex: the fused cell compiled for the remaining
+candidates), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
+spent loading and augmenting a batch.
 
 Method
 - Time: median of --steps timed steps after --warmup untimed ones (the first untimed step compiles the fused
@@ -48,6 +50,8 @@ import torch  # noqa: E402
 
 from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench  # noqa: E402
 from pipeline.training.device import resolve_device  # noqa: E402
+
+SHRUNK_VARIANTS = ("darts-simple", "drnas-complex")  # search iterations after 50% / 90% of the shrinking drops
 from pipeline.space.models import DEPTHS  # noqa: E402
 
 
@@ -116,6 +120,14 @@ def main(argv=None) -> list[dict]:
             for record in job(lambda: bench.step_record(network, variant), network, variant):
                 records.append(record)
                 print(f"  {network:9s} {record.get('variant', variant):24s} {record.get('kind', ''):17s} "
+                      f"{record.get('images_per_s', float('nan')):8.0f} img/s  {record.get('error', '')}", flush=True)
+    # Progressive shrinking: the search iteration after 50% and 90% of the drops (the 0% row is the plain one).
+    for variant in SHRUNK_VARIANTS:
+        for fraction in (0.5, 0.9):
+            for record in job(lambda: bench.shrunk_search_record(SEARCH_NETWORK, variant, fraction), SEARCH_NETWORK,
+                              variant):
+                records.append(record)
+                print(f"  {SEARCH_NETWORK:9s} {record.get('variant', variant):24s} {record.get('kind', ''):17s} "
                       f"{record.get('images_per_s', float('nan')):8.0f} img/s  {record.get('error', '')}", flush=True)
     records += job(lambda: [bench.loading_record()], "-", "BatchLoader(augment=True)")
     finish(records, args, device, time.time() - started, load_before)

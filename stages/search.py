@@ -1,7 +1,9 @@
 """Stage `search@<optimizer>-<space>-<seed>`: one-shot search of the activation cell on the search network.
 
-Writes results/search/<optimizer>-<space>-s<seed>/: supernet.pt (for discretize), history.json and history.csv (per
-epoch: losses, top-1/top-5, lr, temperature, operator weights, entropy, betas, formula) and summary.json.
+Writes results/search/<optimizer>-<space>-s<seed>/: supernet.pt (for discretize: the supernet of the selected epoch and
+the selected genotype), history.json and history.csv (per epoch: losses, top-1/top-5 of the supernet
+(`val_top1`) and of the BN-recalibrated discretized network (`discretized_val_top1`), lr, temperature, operator
+weights, entropy, betas, formula, the shrinking mask) and summary.json.
 A checkpoint after every epoch (checkpoints/, outside the DVC outputs) lets a killed search resume; it is
 deleted once the stage has succeeded. Each epoch goes to MLflow as it ends.
 """
@@ -21,12 +23,16 @@ from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run
 def epoch_metrics(record: dict) -> dict:
     """A search history record as MLflow metrics (nested names flattened with dots by StageRun)."""
     metrics = {key: record[key] for key in ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
-                                            "val_top5", "lr", "skipped_steps", "epoch_time_s")}
+                                            "val_top5", "discretized_val_loss", "discretized_val_top1",
+                                            "discretized_val_top5", "lr", "skipped_steps", "epoch_time_s",
+                                            "remaining_fraction")}
     if record["temperature"] is not None:
         metrics["temperature"] = record["temperature"]
     if not math.isnan(record["arch_loss"]):  # NaN only in warm-up epochs, which take no architecture step
         metrics["arch_loss"] = record["arch_loss"]
-    return metrics | {"weight": record["operator_weights"], "entropy": record["entropy"], "beta": record["betas"]}
+    mask = {edge: {name: float(kept) for name, kept in ops.items()} for edge, ops in record["mask"].items()}
+    return metrics | {"weight": record["operator_weights"], "entropy": record["entropy"], "beta": record["betas"],
+                      "remaining": record["remaining"], "mask": mask}
 
 
 def main(argv: list[str]) -> None:
@@ -58,7 +64,7 @@ def main(argv: list[str]) -> None:
         for record in result.history:  # epochs done before a resume were logged by the killed run
             if record["epoch"] not in logged:
                 log_epoch(record)
-        save_supernet(result.supernet, cfg, out / "supernet.pt")
+        save_supernet(result.supernet, cfg, out / "supernet.pt", result.genotype)
         write_json(out / "history.json", result.history)
         write_csv(out / "history.csv", result.history)
         last = result.history[-1]
@@ -66,15 +72,20 @@ def main(argv: list[str]) -> None:
                    "genotype": result.genotype.to_dict(), "formula": result.genotype.formula(),
                    "skipped_steps": result.skipped_steps, "epochs": cfg.epochs,
                    "final": {key: last[key] for key in ("train_top1", "train_top5", "val_loss", "val_top1",
-                                                        "val_top5")},
+                                                        "val_top5", "discretized_val_top1", "discretized_val_top5")},
+                   "select": cfg.select, "selection": cfg.selection, "selected_epoch": result.selected_epoch,
+                   "selected": {key: result.history[result.selected_epoch - 1][key]
+                                for key in ("val_top1", "discretized_val_top1", "formula")},
+                   "perturbation_scores": result.perturbation_scores,
                    "epoch_time_s": sum(r["epoch_time_s"] for r in result.history) / len(result.history)}
         write_json(out / "summary.json", summary)
         mlflow_run.set_tags({"formula": summary["formula"], "genotype": str(result.genotype)})
         for file in ("history.json", "history.csv", "summary.json"):
             mlflow_run.log_artifact(out / file)
         mlflow_run.log_model_weights(out / "supernet.pt")
-        log.info("search %s found %s (val top-1 %.2f, %d skipped steps)", name, summary["formula"],
-                 last["val_top1"], result.skipped_steps)
+        log.info("search %s found %s at epoch %d (last epoch: val top-1 %.2f, discretized %.2f; %d skipped "
+                 "steps)", name, summary["formula"], result.selected_epoch, last["val_top1"],
+                 last["discretized_val_top1"], result.skipped_steps)
     checkpoint.unlink(missing_ok=True)
 
 

@@ -1,8 +1,10 @@
 """A tiny checkpointed search, started as a separate process by tests/test_search_resume.py to kill and resume it.
 
 Usage: python tests/search_subprocess_script.py CHECKPOINT OUT [--block-at EPOCH BATCH MARKER] [--optimizer NAME]
+                                                                [--grafs]
 Writes the final supernet state, genotype and history to OUT; with --block-at the run writes MARKER at that
 training batch and blocks there, so that a test kills the process at a known point in the middle of an epoch.
+--grafs runs the GRAFS procedure (warm start, shrinking masks, best-epoch and perturbation selection).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from tests.train_subprocess_script import add_block_argument, colour_task, maybe
 
 OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}
 CONFIG = SearchConfig(optimizer="drnas", space="complex", op_set=OPS, epochs=3, batch_size=16, device="cpu", seed=3)
+# --grafs: warm start, shrinking from epoch 0 (the masks change at every epoch), best epoch, perturbation selection.
+GRAFS_CONFIG = CONFIG.model_copy(update=dict(warmstart_epochs=1, start_shrinking=0, select="best",
+                                              selection="perturbation", bn_recalibration_batches=2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,13 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("out")
     parser.add_argument("--optimizer", default=CONFIG.optimizer)
+    parser.add_argument("--grafs", action="store_true")
     add_block_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the same arithmetic in every run
     train = BatchLoader(*colour_task(64, seed=1), 16, shuffle=True, augment=True, seed=7)
     val = BatchLoader(*colour_task(64, seed=2), 16, shuffle=True, augment=False, seed=8)
     train = maybe_blocking(train, args.block_at)
-    config = CONFIG.model_copy(update={"optimizer": args.optimizer})
+    config = GRAFS_CONFIG if args.grafs else CONFIG.model_copy(update={"optimizer": args.optimizer})
     result = run_search(config, train, val, checkpoint_path=args.checkpoint)
     history = [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in result.history]
     torch.save({"model": result.supernet.state_dict(), "genotype": result.genotype.to_dict(), "history": history,

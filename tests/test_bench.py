@@ -29,7 +29,8 @@ def test_quick_run_writes_a_record_per_variant(tmp_path, capsys):
         # The ratio is to the ReLU step timed next to it, not to the relu row's own time.
         assert r["ratio_to_relu"] == pytest.approx(r["relu_step_ms"] / r["step_ms"])
     searches = {r["variant"] for r in records if r["kind"] == "search_iteration"}
-    assert searches == set(throughput.SUPERNETS)
+    shrunk = {f"{v} ({p}% dropped)" for v in throughput.SHRUNK_VARIANTS for p in (50, 90)}
+    assert searches == set(throughput.SUPERNETS) | shrunk
     loading = [r for r in records if r["kind"] == "data_loading"]
     assert len(loading) == 1 and 0 < loading[0]["share_of_step_resnet8"] < 1
     rows = table.read_text().splitlines()[2:]

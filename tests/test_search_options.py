@@ -148,7 +148,8 @@ def search_record(arch_loss, temperature):
     return {"train_loss": 1.0, "train_top1": 10.0, "train_top5": 50.0, "val_loss": 2.0, "val_top1": 12.0,
             "val_top5": 55.0, "lr": 0.1, "skipped_steps": 0, "epoch_time_s": 1.0, "arch_loss": arch_loss,
             "temperature": temperature, "operator_weights": {"u1": {"relu": 1.0}}, "entropy": {"u1": 0.0},
-            "betas": {}}
+            "betas": {}, "discretized_val_loss": 2.1, "discretized_val_top1": 11.0, "discretized_val_top5": 50.0,
+            "remaining_fraction": 0.5, "remaining": {"u1": 1}, "mask": {"u1": {"relu": True, "tanh": False}}}
 
 
 def test_search_metrics_skip_a_nan_arch_loss_and_a_missing_temperature():
@@ -157,3 +158,4 @@ def test_search_metrics_skip_a_nan_arch_loss_and_a_missing_temperature():
     searched = epoch_metrics(search_record(0.7, 5.05))
     assert searched["arch_loss"] == 0.7 and searched["temperature"] == 5.05
     assert searched["weight"] == {"u1": {"relu": 1.0}} and searched["val_top1"] == 12.0
+    assert searched["discretized_val_top1"] == 11.0 and searched["mask"] == {"u1": {"relu": 1.0, "tanh": 0.0}}

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "compile", "eager", "off")
 AUTO_COMPILE_MIN_BATCH = 64
 # All kernels come from three functions; dynamo keeps compiled variants per code object and by default runs
-# eagerly after 8. Variants differ by cell, candidates, operator, needed gradients and tensor ranks.
-_RECOMPILE_LIMIT = 256
+# eagerly after 8. Variants differ by cell, candidates, operator, needed gradients and tensor ranks; progressive
+# shrinking adds the kernels of every candidate set it passes through (GRAFS: ~47 sets x ~5 variants).
+_RECOMPILE_LIMIT = 1024
 
 _state = {"mode": os.environ.get("ACTSEARCH_FUSED", "auto")}
 
@@ -269,7 +270,9 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
     hard = cell.relaxation.hard
     candidates, ws, betas = [], [], []
     for edge in edges_of(cell.space):
-        names, w = cell.candidates[edge], weights[edge]
+        # Only the remaining candidates (progressive shrinking masks the others): a dropped operator is not in
+        # the kernel at all, and each candidate set gets a kernel of its own.
+        names, w = cell.active(edge), weights[edge]
         if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
             k = cell.relaxation.index[edge]
             names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)

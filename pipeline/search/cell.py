@@ -4,6 +4,11 @@ One `SearchCell` holds the alphas of the network (shared by every activation sit
 per network) and, in `scalar` beta mode, the betas too. Each site is a `MixedActivation`; in `channel` beta mode
 it owns per-channel betas. Operator weights come from outside, from a `Relaxation`: the supernet computes them
 once per forward pass (or each site draws its own sample, DrNAS's per-site option).
+
+Progressive shrinking (`pipeline.search.shrink`) masks candidates: a mask per edge, a buffer (so it is in the
+state dict, the checkpoint and the saved supernet). Everything downstream sees only the remaining candidates:
+`alpha_dict` gives their alphas (the relaxation renormalises over them), `active` their names, and the sites
+compute only them. `warm_relu` makes every site a plain ReLU (GRAFS's warm start of the weights).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import contextlib
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.kernels import fused
@@ -19,6 +25,7 @@ from pipeline.space.genotype import SPACES, Genotype, beta_shape, edges_of, run_
 from pipeline.space.models import build_resnet
 from pipeline.space.ops import BINARY, UNARY, resolve_op_set
 from pipeline.search.relax import Relaxation
+from pipeline.search.shrink import choose_drops
 
 
 def _beta_key(edge: str, op: str) -> str:
@@ -50,6 +57,8 @@ def project_betas(bound: float):
             for beta in supernet.beta_parameters():
                 beta.clamp_(-bound, bound)
     return hook
+def _mask_key(edge: str) -> str:
+    return f"mask_{edge}"
 
 
 class SearchCell(nn.Module):
@@ -70,6 +79,56 @@ class SearchCell(nn.Module):
         beta_shape(beta_mode, 1)  # validates the mode
         self.betas = self.make_betas(channels=1) if beta_mode == "scalar" else nn.ParameterDict()
         self._weights: Optional[dict[str, torch.Tensor]] = None
+        for edge, names in self.candidates.items():
+            self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
+        self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
+        self._refresh_active()
+        # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())
+
+    # --- the candidate mask (progressive shrinking) ---------------------------------------------------------
+    def mask(self, edge: str) -> torch.Tensor:
+        return getattr(self, _mask_key(edge))
+
+    def _refresh_active(self) -> None:
+        self._active = {edge: tuple(n for n, keep in zip(names, self.mask(edge).tolist()) if keep)
+                        for edge, names in self.candidates.items()}
+        self._full = {edge: len(self._active[edge]) == len(names) for edge, names in self.candidates.items()}
+
+    def active(self, edge: str) -> tuple[str, ...]:
+        """The remaining candidates of `edge`, in registry order."""
+        return self._active[edge]
+
+    def set_active(self, edge: str, names) -> None:
+        """Keep exactly `names` on `edge` (perturbation-based selection masks and restores candidates)."""
+        names = set(names)
+        unknown = names - set(self.candidates[edge])
+        if unknown or not names:
+            raise ValueError(f"edge {edge}: cannot keep {sorted(names)}; its candidates are {self.candidates[edge]}")
+        with torch.no_grad():
+            self.mask(edge).copy_(torch.tensor([n in names for n in self.candidates[edge]]))
+        self._refresh_active()
+
+    def masks(self) -> dict[str, list[bool]]:
+        return {edge: self.mask(edge).tolist() for edge in self.candidates}
+
+    def drop(self, count: int) -> list[tuple[str, str]]:
+        """Mask `count` operators (see `pipeline.search.shrink.choose_drops`); returns (edge, operator) pairs."""
+        if count <= 0:
+            return []
+        expected = self.expected_weights()
+        weights = {}
+        for edge, names in self.candidates.items():  # full-length vectors, dropped candidates as +inf
+            full = [float("inf")] * len(names)
+            for name, w in zip(self.active(edge), expected[edge].tolist()):
+                full[names.index(name)] = w
+            weights[edge] = full
+        chosen = choose_drops(weights, self.masks(), count)
+        with torch.no_grad():
+            for edge, k in chosen:
+                self.mask(edge)[k] = False
+        self._refresh_active()
+        return [(edge, self.candidates[edge][k]) for edge, k in chosen]
 
     def make_betas(self, channels: int) -> nn.ParameterDict:
         return nn.ParameterDict({
@@ -79,7 +138,8 @@ class SearchCell(nn.Module):
         })
 
     def alpha_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.alphas.items())
+        """The alphas of the remaining candidates (all of them before shrinking), in `active` order."""
+        return {edge: a if self._full[edge] else a[self.mask(edge)] for edge, a in self.alphas.items()}
 
     @contextlib.contextmanager
     def forward_pass(self):
@@ -114,7 +174,7 @@ class MixedActivation(nn.Module):
         return betas[key] if key in betas else None
 
     def _mixed_edge(self, weights, edge, *inputs):
-        names, registry, w = self.cell.candidates[edge], self.cell.registry[edge], weights[edge]
+        names, registry, w = self.cell.active(edge), self.cell.registry[edge], weights[edge]
         if self.cell.relaxation.hard:  # GDAS: compute only the sampled operator
             k = self.cell.relaxation.index[edge]
             return w[k] * registry[names[k]].fn(*inputs, self.beta(edge, names[k]))
@@ -124,6 +184,8 @@ class MixedActivation(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cell.warm_relu:
+            return F.relu(x)
         weights = self.cell.edge_weights()
         if fused.enabled():  # the same cell as one autograd node with closed-form derivatives (much faster)
             return fused.supernet_site(self, weights, x)
@@ -179,15 +241,19 @@ class Supernet(nn.Module):
         expected, betas = self.cell.expected_weights(), self.learned_betas()
         ops, chosen_betas = [], []
         for edge in edges_of(self.cell.space):
-            name = self.cell.candidates[edge][int(torch.argmax(expected[edge]))]
+            name = self.cell.active(edge)[int(torch.argmax(expected[edge]))]
             ops.append(name)
             chosen_betas.append(betas.get(_beta_key(edge, name)) if self.cell.registry[edge][name].has_beta else None)
         return Genotype(self.cell.space, tuple(ops), tuple(chosen_betas))
 
     def operator_weights(self) -> dict[str, dict[str, float]]:
+        """Every candidate's expected weight; 0 for a dropped one (the keys stay the same every epoch)."""
         expected = self.cell.expected_weights()
-        return {edge: {name: float(w) for name, w in zip(self.cell.candidates[edge], expected[edge])}
-                for edge in edges_of(self.cell.space)}
+        out = {}
+        for edge in edges_of(self.cell.space):
+            remaining = dict(zip(self.cell.active(edge), expected[edge].tolist()))
+            out[edge] = {name: float(remaining.get(name, 0.0)) for name in self.cell.candidates[edge]}
+        return out
 
 
 def discretized_network(supernet: Supernet, genotype: Genotype, train_betas: bool = True) -> nn.Module:

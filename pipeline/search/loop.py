@@ -5,9 +5,22 @@ updates alphas on a validation batch; then the network weights take an SGD step 
 alphas frozen. A step whose loss or gradients are not finite is skipped and counted, never applied. Every epoch
 records losses, top-1/top-5, operator weights and their entropy, the argmax genotype and its formula, the betas
 and the temperature; a checkpoint after every epoch lets a killed search resume exactly where it stopped.
+
+The GRAFS procedure (Strack et al. 2024), each part optional:
+- ReLU warm start (`warmstart_epochs`): the weight steps of the first epochs run every site as plain ReLU, while
+  the architecture step already trains the alphas on the mixed cell. The arch loss reaches the alphas (and betas)
+  only: `Architect` takes gradients of exactly those (GRAFS's own code lets them leak into the weights).
+- Progressive shrinking (`start_shrinking`, `pipeline.search.shrink`): before an epoch, operators are dropped on a
+  log-spaced schedule until one per edge remains. The mask is in the supernet's state, hence in the checkpoint.
+- Every epoch also measures the discretized network (the argmax genotype with the supernet's weights) after
+  BatchNorm recalibration on `bn_recalibration_batches` training batches: `discretized_val_top1` beside the
+  supernet's `val_top1`, so that a collapse shows. `select: best` takes the supernet of the epoch whose
+  discretized network scored best (`last`: the last epoch); `selection` then picks the genotype from it (argmax,
+  or perturbation-based, `pipeline.search.select`).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -20,6 +33,9 @@ import torch.nn.functional as F
 
 from pipeline.search.architect import Architect
 from pipeline.search.cell import Supernet
+from pipeline.search.evaluation import evaluate_discretized, evaluate_supernet, selection_score
+from pipeline.search.select import SELECTIONS, select_genotype
+from pipeline.search.shrink import drops_per_epoch, remaining_fraction
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.space.genotype import Genotype
@@ -32,10 +48,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchResult:
-    genotype: Genotype
+    genotype: Genotype  # selected by cfg.select (which epoch) and cfg.selection (argmax or perturbation)
     history: list[dict]
     skipped_steps: int
-    supernet: Supernet = field(repr=False)
+    supernet: Supernet = field(repr=False)  # as it was at the selected epoch
+    selected_epoch: int = 0  # 1-based, as in the records
+    perturbation_scores: dict = field(default_factory=dict)  # selection "perturbation": per edge and operator
 
 
 def build_supernet(cfg: SearchConfig) -> Supernet:
@@ -45,23 +63,10 @@ def build_supernet(cfg: SearchConfig) -> Supernet:
                     beta_init=cfg.beta_init, beta_clamp=cfg.beta_clamp)
 
 
-def evaluate_supernet(model: torch.nn.Module, loader, device, amp: bool = False) -> dict:
-    """Loss/top-1/top-5 of the supernet as trained (GDAS and DrNAS draw a sample per batch)."""
-    model.eval()
-    acc = MetricAccumulator()
-    with torch.no_grad():
-        for x, y in loader:
-            if isinstance(model, Supernet):
-                model.relaxation.resample(model.cell.alpha_dict())
-            with autocast_context(device, amp):
-                logits = model(x)
-            acc.update(F.cross_entropy(logits.float(), y), logits, y)
-    return acc.result()
-
-
 def _epoch_record(supernet: Supernet, epoch: int) -> dict:
     weights = supernet.operator_weights()
     genotype = supernet.genotype()
+    masks = {edge: supernet.cell.mask(edge) for edge in weights}
     return {
         "epoch": epoch,
         "temperature": supernet.relaxation.temperature,
@@ -70,6 +75,9 @@ def _epoch_record(supernet: Supernet, epoch: int) -> dict:
         "genotype": genotype.to_dict(),
         "formula": genotype.formula(),
         "betas": supernet.learned_betas(),
+        "mask": {edge: dict(zip(w, masks[edge].tolist())) for edge, w in weights.items()},
+        "remaining": {edge: len(supernet.cell.active(edge)) for edge in weights},
+        "remaining_fraction": remaining_fraction(masks),
     }
 
 
@@ -85,8 +93,12 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     architect = Architect(supernet, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
                           train_betas=cfg.betas_with == "arch", second_order=cfg.darts.second_order,
                           autocast=lambda: autocast_context(device, cfg.amp))
+    cell = supernet.cell
+    drops = drops_per_epoch(cfg.epochs, cfg.start_shrinking, sum(len(n) for n in cell.candidates.values()),
+                            len(cell.candidates))
     history: list[dict] = []
     skipped, start_epoch = 0, 0
+    best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take
     fingerprint = config_fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
     state = load_checkpoint(checkpoint_path, {"fingerprint": fingerprint}) if checkpoint_path else None
     if state is not None:
@@ -95,49 +107,68 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
         scheduler.load_state_dict(state["scheduler"])
         architect.load_state_dict(state["architect"])
         supernet.relaxation.load_state_dict(state["relaxation"])
-        history, skipped, start_epoch = state["history"], state["skipped_steps"], state["epoch"]
+        history, skipped, start_epoch, best = state["history"], state["skipped_steps"], state["epoch"], state["best"]
         set_rng_state(state["rng"])
         log.warning("resuming search from epoch %d (checkpoint %s)", start_epoch, checkpoint_path)
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
+        dropped = cell.drop(drops[epoch])
         supernet.relaxation.set_progress(epoch, cfg.epochs)
         train_loader.set_epoch(epoch)
         val_loader.set_epoch(epoch)
         search_arch = epoch >= cfg.warmup_epochs
+        warm = epoch < cfg.warmstart_epochs
         lr = optimizer.param_groups[0]["lr"]
         train_acc, arch_losses = MetricAccumulator(), []
         supernet.train()
         for (x, y), (xv, yv) in zip(train_loader, _cycle(val_loader)):
-            supernet.relaxation.resample(supernet.cell.alpha_dict())
-            if search_arch:
+            supernet.relaxation.resample(cell.alpha_dict())
+            if search_arch:  # always on the mixed cell, warm start or not
                 arch_loss = architect.step(xv, yv, x, y, weight_lr=lr, weight_decay=cfg.weight_decay)
                 if arch_loss is None:
                     skipped += 1
                 else:
                     arch_losses.append(arch_loss)
-            skipped += not _weight_step(supernet, optimizer, x, y, cfg, device, train_acc)
+            cell.warm_relu = warm
+            try:
+                skipped += not _weight_step(supernet, optimizer, x, y, cfg, device, train_acc)
+            finally:
+                cell.warm_relu = False
         scheduler.step()
         val = evaluate_supernet(supernet, val_loader, device, cfg.amp)
+        record = _epoch_record(supernet, epoch + 1)
+        discrete = evaluate_discretized(supernet, Genotype.from_dict(record["genotype"]), train_loader, val_loader,
+                                        device, cfg.bn_recalibration_batches, cfg.amp)
         train = train_acc.result()
-        record = {**_epoch_record(supernet, epoch + 1), "lr": lr, "skipped_steps": skipped,
-                  "train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"],
-                  "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                  "arch_loss": sum(arch_losses) / len(arch_losses) if arch_losses else math.nan,
-                  "epoch_time_s": time.perf_counter() - started}
+        record |= {"lr": lr, "skipped_steps": skipped, "warm_start": warm, "dropped": [f"{e}.{n}" for e, n in dropped],
+                   "train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"],
+                   "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                   "discretized_val_loss": discrete["loss"], "discretized_val_top1": discrete["top1"],
+                   "discretized_val_top5": discrete["top5"],
+                   "arch_loss": sum(arch_losses) / len(arch_losses) if arch_losses else math.nan,
+                   "epoch_time_s": time.perf_counter() - started}
         history.append(record)
+        if cfg.select == "best" and discrete["top1"] > best["top1"]:
+            best = {"epoch": epoch + 1, "top1": discrete["top1"], "state": copy.deepcopy(supernet.state_dict())}
         if progress:
-            log.info("search epoch %d/%d: val top-1 %.2f, %s", epoch + 1, cfg.epochs, val["top1"],
-                     record["formula"])
+            log.info("search epoch %d/%d: val top-1 %.2f (discretized %.2f), %s", epoch + 1, cfg.epochs,
+                     val["top1"], discrete["top1"], record["formula"])
         if checkpoint_path:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint, "epoch": epoch + 1, "model": supernet.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "architect": architect.state_dict(), "relaxation": supernet.relaxation.state_dict(),
-                "history": history, "skipped_steps": skipped, "rng": rng_state()})
+                "history": history, "skipped_steps": skipped, "best": best, "rng": rng_state()})
         if on_epoch:
             on_epoch(record)
-    return SearchResult(supernet.genotype(), history, skipped, supernet)
+    selected_epoch = cfg.epochs
+    if cfg.select == "best" and best["state"] is not None:
+        supernet.load_state_dict(best["state"])
+        selected_epoch = best["epoch"]
+    genotype, scores = select_genotype(supernet, cfg.selection, lambda net: selection_score(net, val_loader, device,
+                                                                                              cfg.seed, cfg.amp))
+    return SearchResult(genotype, history, skipped, supernet, selected_epoch, scores)
 
 
 def _cycle(loader):
@@ -178,8 +209,17 @@ def _weight_step(supernet: Supernet, optimizer, x, y, cfg: SearchConfig, device,
 
 
 # --- the search's output: the trained supernet, read back by the discretize stage ----------------------------
-def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path) -> None:
-    torch.save({"config": cfg.model_dump(mode="json"), "state_dict": supernet.state_dict()}, path)
+def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path, genotype: Optional[Genotype] = None) -> None:
+    """The supernet (its state includes the shrinking masks) and, if given, the genotype the search selected."""
+    config = cfg.model_dump(mode="json")
+    torch.save({"config": config, "state_dict": supernet.state_dict(),
+                "genotype": None if genotype is None else genotype.to_dict()}, path)
+
+
+def load_selected_genotype(path: Path) -> Optional[Genotype]:
+    """The genotype `save_supernet` stored beside the supernet (None if it stored none)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return None if saved.get("genotype") is None else Genotype.from_dict(saved["genotype"])
 
 
 def load_supernet(path: Path, device: torch.device | str = "cpu") -> tuple[Supernet, SearchConfig]:

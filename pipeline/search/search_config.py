@@ -74,6 +74,16 @@ class SearchSettings(BaseModel):
     beta_clamp: Optional[PositiveFinite] = Field(None, description="betas projected into [-beta_clamp, beta_clamp] "
                                                                    "(GRAFS: 10); null: free")
     warmup_epochs: int = Field(0, ge=0, description="epochs that train only the weights before the alphas move")
+    warmstart_epochs: int = Field(0, ge=0, description="GRAFS: epochs whose weight steps run the network with "
+                                                       "plain ReLU (the arch step runs on the mixed cell)")
+    start_shrinking: Optional[int] = Field(None, ge=0, description="GRAFS: epoch (from 0) of the first operator drop "
+                                                                   "of progressive shrinking; null: no shrinking")
+    bn_recalibration_batches: int = Field(10, ge=0, description="training batches that re-estimate BatchNorm before "
+                                                                "the discretized network is measured; 0: none")
+    select: Literal["best", "last"] = Field("last", description="the supernet of the epoch whose discretized network "
+                                                                "is best | the last epoch")
+    selection: Literal["argmax", "perturbation"] = Field("argmax", description="genotype from that supernet: argmax "
+                                                                                "| perturbation (DARTS-PT)")
     amp: bool = Field(False, description="bf16 autocast on CUDA")
     darts: DartsSettings = DartsSettings()
     gdas: GdasSettings = GdasSettings()
@@ -83,6 +93,11 @@ class SearchSettings(BaseModel):
     def _warmup_leaves_search_epochs(self):
         if self.warmup_epochs >= self.epochs:
             raise invalid("warmup_epochs", self.warmup_epochs, f"0 <= warmup_epochs < epochs ({self.epochs})")
+        if self.warmstart_epochs >= self.epochs:
+            raise invalid("warmstart_epochs", self.warmstart_epochs, f"0 <= warmstart_epochs < epochs ({self.epochs})")
+        if self.start_shrinking is not None and self.start_shrinking >= self.epochs:
+            raise invalid("start_shrinking", self.start_shrinking, f"null or 0 <= start_shrinking < epochs "
+                                                                   f"({self.epochs})")
         return self
 
 

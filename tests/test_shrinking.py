@@ -1,0 +1,142 @@
+"""Progressive shrinking: GRAFS's drop schedule, which operator each drop masks, the fused cell built for the
+remaining candidates only, and a shrinking search that ends with one operator per edge."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.augment import BatchLoader
+from pipeline.kernels import fused
+from pipeline.search.cell import Supernet
+from pipeline.search.loop import SearchConfig, run_search
+from pipeline.search.relax import make_relaxation
+from pipeline.search.shrink import choose_drops, drops_per_epoch, remaining_fraction
+from pipeline.space.ops import BINARY, UNARY
+from tests.test_fused import count_unary_calls
+from tests.train_subprocess_script import colour_task
+
+OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}
+
+# GRAFS (rn/search_arch.py): 2 - 1 + numpy.logspace(log10(1), log10(50 - 2), 110 - 6).astype(int), the drops
+# counted per epoch, as printed by running that expression.
+GRAFS_DROPS = {2: 19, 3: 11, 4: 7, 5: 6, 6: 5, 7: 4, 8: 4, 9: 3, 10: 3, 11: 2, 12: 3, 13: 2, 14: 2, 15: 2, 16: 1,
+               17: 2, 18: 1, 19: 2, 20: 1, 21: 2, 22: 1, 23: 1, 24: 1, 25: 1, 26: 1, 27: 1, 28: 1, 29: 1, 30: 1,
+               31: 1, 32: 1, 33: 1, 35: 1, 36: 1, 37: 1, 39: 1, 40: 1, 42: 1, 43: 1, 45: 1, 47: 1, 48: 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_grafs_schedule_for_its_110_candidate_cell_in_50_epochs():
+    counts = drops_per_epoch(50, 2, candidates=4 * 23 + 2 * 9, edges=6)
+    assert sum(counts) == 104
+    assert {epoch: n for epoch, n in enumerate(counts) if n} == GRAFS_DROPS
+
+
+def test_schedule_edge_cases():
+    assert drops_per_epoch(5, None, 10, 2) == [0] * 5  # off
+    assert drops_per_epoch(5, 4, 10, 2) == [0, 0, 0, 0, 8]  # one epoch left: every drop at once
+    assert drops_per_epoch(4, 0, 4, 2) == [1, 0, 0, 1]  # geometric 1, 4 -> epochs -1 + 1, -1 + 4
+    with pytest.raises(ValueError, match="start_shrinking"):
+        drops_per_epoch(5, 5, 10, 2)
+
+
+def test_each_drop_takes_the_lowest_weight_on_the_edge_with_most_left():
+    weights = {"a": [0.5, 0.1, 0.4], "b": [0.3, 0.7], "c": [9.0, 0.0, 0.2]}
+    masks = {"a": [True, True, True], "b": [True, True], "c": [True, False, True]}
+    # a has 3 (drop 0.1); then a, b and c have 2 each: a first (0.4 < 0.5); then b (0.3); then c (0.2; its 0.0
+    # is already dropped); then one each is left.
+    assert choose_drops(weights, masks, 4) == [("a", 1), ("a", 2), ("b", 0), ("c", 2)]
+    assert masks["a"] == [True, True, True]  # the caller's masks are not changed
+    with pytest.raises(ValueError, match="single one left"):
+        choose_drops(weights, masks, 5)
+    assert remaining_fraction({"a": [True, False, False], "b": [True, True]}) == pytest.approx(1 / 3)
+
+
+def small_supernet(optimizer="darts", space="simple"):
+    torch.manual_seed(0)
+    net = Supernet("resnet8", space, OPS, make_relaxation(optimizer, seed=0)).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0.0, 1.0)
+    return net
+
+
+def test_cell_drops_by_operator_weight_and_renormalises():
+    net = small_supernet()
+    cell = net.cell
+    alphas = {edge: a.detach().clone() for edge, a in cell.alphas.items()}
+    dropped = cell.drop(3)  # u1 and u2 have 5 candidates, b1 has 3: u1, u2, then u1 again
+    lowest = {edge: a.argsort().tolist() for edge, a in alphas.items()}
+    assert dropped == [("u1", OPS["unary"][lowest["u1"][0]]), ("u2", OPS["unary"][lowest["u2"][0]]),
+                       ("u1", OPS["unary"][lowest["u1"][1]])]
+    kept = [OPS["unary"][k] for k in sorted(lowest["u1"][2:])]
+    assert cell.active("u1") == tuple(kept)
+    want = F.softmax(alphas["u1"][sorted(lowest["u1"][2:])], dim=0)
+    assert torch.allclose(cell.expected_weights()["u1"], want)
+    weights = net.operator_weights()["u1"]
+    assert [weights[OPS["unary"][k]] for k in lowest["u1"][:2]] == [0.0, 0.0]
+    assert net.genotype().ops[0] == OPS["unary"][lowest["u1"][-1]]
+
+
+@pytest.mark.parametrize("mode", ["eager", "off"])
+def test_dropped_operators_are_not_computed_and_the_site_matches_a_hand_computation(mode, monkeypatch):
+    net = small_supernet()
+    with torch.no_grad():  # relu the lowest on both edges that read x: a dropped operator, computed for neither
+        for edge in ("u1", "u2"):
+            net.cell.alphas[edge][OPS["unary"].index("relu")] = -5.0
+    dropped = dict(net.cell.drop(2))
+    assert dropped == {"u1": "relu", "u2": "relu"}
+    specs, calls = [], count_unary_calls(monkeypatch, "value")
+    apply = fused._FusedCell.apply
+    monkeypatch.setattr(fused._FusedCell, "apply", lambda spec, *rest: specs.append(spec) or apply(spec, *rest))
+    if mode == "off":  # the plain cell calls Op.fn: count those instead
+        calls.clear()
+        for name in OPS["unary"]:
+            op = UNARY[name]
+            monkeypatch.setitem(UNARY, name, dataclasses.replace(op, fn=(
+                lambda fn, n: lambda *args: calls.append(n) or fn(*args))(op.fn, name)))
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    site = net.sites()[1]
+    with fused.using(mode), net.cell.forward_pass():
+        got = site(x)
+    assert set(calls) == set(OPS["unary"]) - set(dropped.values())
+    if mode == "eager":
+        (spec,) = specs
+        assert spec.candidates[0] == net.cell.active("u1") and spec.candidates[1] == net.cell.active("u2")
+        assert dropped["u1"] not in spec.candidates[0] and len(spec.candidates[0]) == 4
+    # By hand: softmax over the remaining alphas, each edge a weighted sum of the remaining operators.
+    edges = {}
+    for edge in ("u1", "u2"):
+        keep = [k for k, name in enumerate(OPS["unary"]) if name != dropped[edge]]
+        w = F.softmax(net.cell.alphas[edge].detach()[keep], dim=0)
+        edges[edge] = sum(w[i] * UNARY[OPS["unary"][k]].fn(x, None) for i, k in enumerate(keep))
+    wb = F.softmax(net.cell.alphas["b1"].detach(), dim=0)
+    want = sum(wb[i] * BINARY[name].fn(edges["u1"], edges["u2"], None) for i, name in enumerate(OPS["binary"]))
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def loaders(count=64, batch=16):
+    return [BatchLoader(*colour_task(count, seed=s), batch, shuffle=True, augment=False, seed=s) for s in (1, 2)]
+
+
+def test_a_shrinking_search_ends_with_one_operator_per_edge():
+    cfg = SearchConfig(optimizer="drnas", space="complex", op_set=OPS, epochs=4, batch_size=16, device="cpu",
+                       seed=1, start_shrinking=1, bn_recalibration_batches=2)
+    result = run_search(cfg, *loaders())
+    counts = drops_per_epoch(4, 1, 4 * 5 + 2 * 3, 6)
+    history = result.history
+    assert [len(r["dropped"]) for r in history] == counts
+    assert [r["remaining_fraction"] for r in history] == pytest.approx(
+        [1 - sum(counts[:e + 1]) / 20 for e in range(4)])
+    assert history[-1]["remaining"] == {edge: 1 for edge in history[-1]["remaining"]}
+    last_mask = history[-1]["mask"]
+    assert tuple(next(n for n, kept in last_mask[e].items() if kept) for e in last_mask) == result.genotype.ops
+    # Once shrunk, the supernet is the discretized network: same function, same BatchNorm after recalibration.
+    assert all(len(result.supernet.cell.active(e)) == 1 for e in last_mask)
