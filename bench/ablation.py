@@ -14,7 +14,6 @@ Runs in one process, one run after the other; the time of each run and an estima
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -48,8 +47,8 @@ def variants(epochs: int) -> dict[str, dict]:
         "drnas+shrink": plain | {"start_shrinking": start},
         "drnas+warmstart+shrink": plain | {"warmstart_epochs": warm, "start_shrinking": start},
         "drnas+perturbation": plain | {"selection": "perturbation"},
-        "grafs": plain | {"warmstart_epochs": warm, "start_shrinking": start, "per_site_sample": True,
-                          "betas_with": "arch", "select": "best"},
+        "grafs": plain | {"warmstart_epochs": warm, "start_shrinking": start, "drnas": {"per_site_sample": True},
+                          "betas_with": "arch", "select": "best", "beta_init": "grafs", "beta_clamp": 10.0},
         "poster": plain | {"op_set": "poster"},
     }
 
@@ -141,7 +140,7 @@ def main(argv=None) -> list[dict]:
         genotype, gap = discretize(result.supernet, val, device, cfg.amp, genotype=result.genotype,
                                    train_loader=train, recalibration_batches=cfg.bn_recalibration_batches)
         selected = result.history[result.selected_epoch - 1]
-        record = {"variant": name, "seed": seed, "config": dataclasses.asdict(cfg), "formula": genotype.formula(),
+        record = {"variant": name, "seed": seed, "config": cfg.model_dump(mode="json"), "formula": genotype.formula(),
                   "genotype": genotype.to_dict(), "selected_epoch": result.selected_epoch,
                   "supernet_val_top1": selected["val_top1"], "discretized_val_top1": selected["discretized_val_top1"],
                   "discretization_gap_top1": gap["discretization_gap_top1"],
