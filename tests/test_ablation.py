@@ -5,17 +5,18 @@ import json
 import pytest
 
 from bench import ablation
+from pipeline.kernels import fused
 
 pytestmark = pytest.mark.slow
 
 
 def test_quick_ablation_reports_every_variant_and_seed(shared_archive, tmp_path):
     out = tmp_path / "ablation.json"
-    records = ablation.main(["--quick", "--device", "cpu", "--source", str(shared_archive), "--cache-dir",
-                             str(tmp_path / "cache"), "--seeds", "0,1", "--json", str(out), "--markdown",
-                             str(tmp_path / "ablation.md")])
-    assert [(r["variant"], r["seed"]) for r in records] == [("relu (reference)", 0), ("drnas", 0), ("drnas", 1),
-                                                            ("grafs", 0), ("grafs", 1)]
+    with fused.using("eager"):  # compiling a kernel per candidate set would cost more than these few steps
+        records = ablation.main(["--quick", "--device", "cpu", "--source", str(shared_archive), "--cache-dir",
+                                 str(tmp_path / "cache"), "--seeds", "1", "--json", str(out), "--markdown",
+                                 str(tmp_path / "ablation.md")])
+    assert [(r["variant"], r["seed"]) for r in records] == [("relu (reference)", 0), ("drnas", 1), ("grafs", 1)]
     assert json.loads(out.read_text())[1]["formula"] == records[1]["formula"]
     for r in records[1:]:
         assert isinstance(r["discretization_gap_top1"], float)
