@@ -9,14 +9,19 @@ training batch and blocks there, so that a test kills the process at a known poi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from pipeline.data.augment import BatchLoader
 from pipeline.search.loop import SearchConfig, run_search
-from tests.train_subprocess_script import add_block_argument, colour_task, maybe_blocking
+from pipeline.training.checkpoint import load_checkpoint
+from tests.train_subprocess_script import add_block_argument, colour_task, maybe_blocking, wait_for_marker_and_kill
 
 OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}
 CONFIG = SearchConfig(optimizer="drnas", space="complex", op_set=OPS, epochs=3, batch_size=16, device="cpu", seed=3)
@@ -42,6 +47,45 @@ def main(argv: list[str] | None = None) -> None:
     history = [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in result.history]
     torch.save({"model": result.supernet.state_dict(), "genotype": result.genotype.to_dict(), "history": history,
                 "relaxation": result.supernet.relaxation.state_dict()}, args.out)
+
+
+def kill_and_resume(tmp_path: Path, *args: str) -> tuple[dict, dict, dict]:
+    """Run the search uninterrupted (in this process), then in a subprocess that blocks in epoch index 1 at batch 2
+    (epoch 1 is checkpointed), SIGKILL it there and run it again: (reference, resumed, the killed run's checkpoint).
+    Asserts the rerun resumed from epoch 1 rather than restarting, and that the two histories are equal."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+
+    def command(name, *extra):
+        return [sys.executable, str(Path(__file__)), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"),
+                *args, *extra]
+
+    threads = torch.get_num_threads()
+    try:
+        main(command("reference")[2:])
+    finally:
+        torch.set_num_threads(threads)
+    marker = tmp_path / "blocked"
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command("killed", "--block-at", "1", "2", str(marker)), env=env, cwd=repo,
+                                   stderr=log)
+    try:
+        wait_for_marker_and_kill(process, marker)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (tmp_path / "killed.out").exists()
+    killed = load_checkpoint(tmp_path / "killed.ckpt")
+    assert killed["epoch"] == 1
+    rerun = subprocess.run(command("killed"), env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming search from epoch 1" in rerun.stderr
+    reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
+    assert resumed["genotype"] == reference["genotype"]
+    assert json.dumps(resumed["history"]) == json.dumps(reference["history"])
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), f"{name} differs"
+    return reference, resumed, killed
 
 
 if __name__ == "__main__":

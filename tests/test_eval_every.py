@@ -12,12 +12,7 @@ from pipeline.training.train_config import TrainConfig
 from tests.train_subprocess_script import colour_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingLoader(BatchLoader):

@@ -1,13 +1,6 @@
 """The GRAFS parts of the search loop: ReLU warm start, BatchNorm recalibration, the discretized network measured
 every epoch, best-epoch selection, perturbation-based selection, and a killed GRAFS search resuming bit-exactly."""
 import copy
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,20 +16,14 @@ from pipeline.search.loop import SearchConfig, _weight_step, build_supernet, run
 from pipeline.search.recalibrate import recalibrate_batchnorm
 from pipeline.search.select import perturbation_genotype
 from pipeline.space.models import build_resnet
-from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.metrics import MetricAccumulator
 from tests import search_subprocess_script as script
-from tests.train_subprocess_script import colour_task, wait_for_marker_and_kill
+from tests.train_subprocess_script import colour_task
 
 OPS = {"unary": ["identity", "zero", "relu", "sigmoid", "tanh"], "binary": ["add", "mul", "sigmul"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loaders(count=32, batch=16):
@@ -204,34 +191,5 @@ def test_discretize_reports_the_gap_with_and_without_recalibration():
 def test_killed_grafs_search_resumes_to_the_same_result(tmp_path):
     """SIGKILL in the middle of epoch 2 of a search with warm start, shrinking (the masks differ between the
     checkpoints), best-epoch and perturbation selection: the resumed run ends exactly where the reference ends."""
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-
-    def command(name, *extra):
-        return [sys.executable, str(repo / "tests" / "search_subprocess_script.py"), str(tmp_path / f"{name}.ckpt"),
-                str(tmp_path / f"{name}.out"), "--grafs", *extra]
-
-    threads = torch.get_num_threads()
-    try:
-        script.main(command("reference")[2:])
-    finally:
-        torch.set_num_threads(threads)
-    marker = tmp_path / "blocked"
-    with open(tmp_path / "killed.log", "w") as log:  # blocks in epoch index 1 at batch 2: epoch 1 is checkpointed
-        process = subprocess.Popen(command("killed", "--block-at", "1", "2", str(marker)), env=env, cwd=repo,
-                                   stderr=log)
-    try:
-        wait_for_marker_and_kill(process, marker)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    saved = load_checkpoint(tmp_path / "killed.ckpt")
-    assert saved["epoch"] == 1 and not saved["model"]["cell.mask_u1"].all()  # a mask after epoch 1's drops
-    rerun = subprocess.run(command("killed"), env=env, cwd=repo, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "resuming search from epoch 1" in rerun.stderr
-    reference, resumed = (torch.load(tmp_path / f"{n}.out", weights_only=True) for n in ("reference", "killed"))
-    assert resumed["genotype"] == reference["genotype"]
-    assert json.dumps(resumed["history"]) == json.dumps(reference["history"])
-    for name, tensor in reference["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), f"{name} differs"
+    _, _, killed = script.kill_and_resume(tmp_path, "--grafs")
+    assert not killed["model"]["cell.mask_u1"].all()  # a mask after epoch 1's drops

@@ -22,12 +22,7 @@ SMALL_OPS = {"unary": ["identity", "zero", "sin", "square", "tanh"], "binary": [
 FAR_FROM_PRIOR = {"u1": [2.0, 1.5, 3.0, 2.5, 1.8], "b1": [1.2, 2.2, 2.8, 1.6]}  # every concentration well above 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def leaf_alphas(values: dict) -> dict:

@@ -20,12 +20,7 @@ from tests.train_subprocess_script import colour_task
 OPS = {"unary": ["identity", "scale", "shift", "tanh"], "binary": ["add", "mul"]}  # scale, shift: betas
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loaders():

@@ -16,12 +16,7 @@ from pipeline.search.relax import Dirichlet, HardGumbel, Relaxation, Softmax, en
 from pipeline.training.metrics import MetricAccumulator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinySupernet(nn.Module):

@@ -25,12 +25,7 @@ GRAFS_DROPS = {2: 19, 3: 11, 4: 7, 5: 6, 6: 5, 7: 4, 8: 4, 9: 3, 10: 3, 11: 2, 1
                31: 1, 32: 1, 33: 1, 35: 1, 36: 1, 37: 1, 39: 1, 40: 1, 42: 1, 43: 1, 45: 1, 47: 1, 48: 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grafs_schedule_for_its_110_candidate_cell_in_50_epochs():

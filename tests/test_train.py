@@ -32,13 +32,7 @@ TRAIN_COUNT = 128  # 16 batches per epoch
 ACTIVATION_SITES = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine two threads per process mostly wait on each other; one is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loaders(random_labels=False):
