@@ -1,6 +1,5 @@
 """A search (DrNAS, GDAS) killed with SIGKILL at a known batch in the middle of an epoch resumes (not restarts) and ends exactly where an
 uninterrupted search ends: same genotype, supernet weights, alphas and history."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,6 @@ from pipeline.training.checkpoint import CheckpointError
 from pipeline.search.loop import run_search
 from tests import search_subprocess_script as script
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "search_subprocess_script.py"
 
 
 @pytest.mark.parametrize("optimizer", ["drnas", "gdas"])  # Dirichlet samples; Gumbel generator and temperature
