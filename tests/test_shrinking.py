@@ -40,6 +40,21 @@ def test_schedule_edge_cases():
     assert drops_per_epoch(4, 0, 4, 2) == [1, 0, 0, 1]  # geometric 1, 4 -> epochs -1 + 1, -1 + 4
     with pytest.raises(ValueError, match="start_shrinking"):
         drops_per_epoch(5, 5, 10, 2)
+    assert drops_per_epoch(3, 1, 3, 2) == [0, 1, 0]  # a single drop: logspace of one term is 1 -> epoch start
+    assert drops_per_epoch(3, 1, 2, 2) == [0, 0, 0]  # one candidate per edge: nothing to drop
+    assert all(isinstance(n, int) for n in drops_per_epoch(50, 2, 110, 6))
+
+
+def test_remaining_fraction_counts_droppable_candidates_only():
+    assert remaining_fraction({"u1": [True], "b1": [True]}) == 1.0  # nothing droppable: nothing was dropped
+    assert remaining_fraction({"u1": [True, True], "b1": [True]}) == 1.0  # one droppable, still there
+    assert remaining_fraction({"u1": [False, True], "b1": [True]}) == 0.0  # ... and dropped
+    assert remaining_fraction({"u1": torch.tensor([True, False, True]), "b1": [True, True]}) == pytest.approx(2 / 3)
+
+
+def test_a_drop_from_single_operator_edges_is_refused_with_its_reason():
+    with pytest.raises(ValueError, match="^cannot drop an operator: every edge has a single one left$"):
+        choose_drops({"u1": [0.5, 0.5]}, {"u1": [True, False]}, 1)
 
 
 def test_each_drop_takes_the_lowest_weight_on_the_edge_with_most_left():
