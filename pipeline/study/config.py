@@ -163,6 +163,7 @@ class ClusterParams(BaseModel):
     """The Ray runner's settings: an execution setting, no stage's DVC param."""
     model_config = SETTINGS
     max_retries: int = Field(ge=0, description="Ray reruns a stage whose worker died this often")
+    download: StageResources
     prepare: StageResources
     search: StageResources
     discretize: StageResources
