@@ -14,14 +14,14 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
     return SHARED_ARCHIVE
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for the test, restored after it: on a shared 2-core machine two threads per process mostly
     wait on each other, and small-tensor tests run several times faster on one."""

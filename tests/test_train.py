@@ -68,7 +68,7 @@ def assert_same_run(model_a, result_a, model_b, result_b):
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(one_thread):
     """An uninterrupted 3-epoch cosine run on the colour task."""
     return run(config())
 
