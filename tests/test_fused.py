@@ -74,7 +74,7 @@ def test_every_unary_operator_value_and_gradients(name, formulas):
     def fast(p):
         beta = p[2] if op.has_beta else None
         return fused.fused_cell("simple", [(name,), ("zero",), ("left",)], [p[1], None, None],
-                                [[beta], [None], [None]], p[0], fixed_ops=False)
+                                [[beta], [None], [None]], p[0], compile_as="operator")
 
     check_single_op(plain, fast, params)
 
@@ -92,7 +92,7 @@ def test_every_binary_operator_value_and_gradients(name, formulas):
     def fast(p):
         beta = p[2] if op.has_beta else None
         return fused.fused_cell("simple", [("identity",), ("tanh",), (name,)], [None, None, p[1]],
-                                [[None], [None], [beta]], p[0], fixed_ops=False)
+                                [[None], [None], [beta]], p[0], compile_as="operator")
 
     check_single_op(plain, fast, params)
 

@@ -17,7 +17,8 @@ Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
   a compile costs 5-60 s on a 2-core CPU, more than a few small steps gain). Compiled means one kernel for the
   whole cell when its operators are fixed for the run (DARTS, DrNAS, a genotype), and for GDAS, whose cell
   changes every step, the cell run eagerly with one compiled kernel per operator (compiled the first time the
-  operator is drawn, ~1 s each, reused from then on).
+  operator is drawn, ~1 s each, reused from then on); a candidate set that progressive shrinking will still
+  change runs eagerly (see `fused_cell`).
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
 Compiled kernels are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR), so a second process compiles in a
 fraction of the time. A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
@@ -244,11 +245,21 @@ class _FusedCell(torch.autograd.Function):
         return (None, None, None, None, gx, *flat)
 
 
+COMPILE_AS = ("cell", "operator", "none")
+
+
 def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequence[Optional[torch.Tensor]],
-               betas: Sequence[Sequence[Optional[torch.Tensor]]], x: torch.Tensor, *, fixed_ops: bool) -> torch.Tensor:
+               betas: Sequence[Sequence[Optional[torch.Tensor]]], x: torch.Tensor, *,
+               compile_as: str = "cell") -> torch.Tensor:
     """The cell's output for x. Per edge (in `edges_of(space)` order): candidate names, a weight vector (None for a
-    single candidate of weight 1) and one beta tensor or None per candidate. `fixed_ops`: the same cell will be
-    called for many steps (DARTS, DrNAS, a genotype; not a GDAS sample), so compiling it can pay off."""
+    single candidate of weight 1) and one beta tensor or None per candidate. `compile_as`, when the mode compiles:
+    "cell", one kernel for the whole cell, for a cell called for many steps (DARTS, DrNAS, a genotype);
+    "operator", the cell run eagerly with one compiled kernel per operator, reused by every cell (GDAS's sample,
+    which changes every step); "none", eager (a candidate set that lives for one epoch of progressive shrinking:
+    measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s eager, 273 s with operator
+    kernels and 278 s with cell kernels, the compilations costing more than they save)."""
+    if compile_as not in COMPILE_AS:
+        raise ValueError(f"compile_as must be one of {COMPILE_AS}, got {compile_as!r}")
     graph, result = _graph(space)
     spec = CellSpec(tuple(tuple(names) for names in candidates), tuple(w is not None for w in weights),
                     tuple(tuple(b is not None for b in row) for row in betas), graph, result)
@@ -260,8 +271,8 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     plan = make_plan(spec, track and x.requires_grad,
                      [track and w is not None and w.requires_grad for w in weights],
                      [[track and b is not None and b.requires_grad for b in row] for row in betas])
-    # A changing cell (GDAS) runs eagerly, each operator as a compiled kernel of its own.
-    return _FusedCell.apply(spec, plan, compile_ and fixed_ops, compile_ and not fixed_ops, x, *params)
+    return _FusedCell.apply(spec, plan, compile_ and compile_as == "cell", compile_ and compile_as == "operator",
+                            x, *params)
 
 
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -279,4 +290,6 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
         candidates.append(names)
         ws.append(w)
         betas.append([site.beta(edge, name) for name in names])
-    return fused_cell(cell.space, candidates, ws, betas, x, fixed_ops=not hard)
+    # A candidate set that progressive shrinking will change again serves one epoch: not worth compiling.
+    compile_as = "operator" if hard else "none" if cell.candidates_changing else "cell"
+    return fused_cell(cell.space, candidates, ws, betas, x, compile_as=compile_as)

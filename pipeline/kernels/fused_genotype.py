@@ -118,8 +118,7 @@ def genotype_forward(activation, x: torch.Tensor) -> torch.Tensor:
         g, sign, beta_sign, edge = shifted
         return _ShiftedRelu.apply(x, activation.beta[edge], g, sign, beta_sign)
     betas = [[activation.beta[edge] if edge in activation.beta else None] for edge in genotype.edges]
-    return fused_cell(genotype.space, [(name,) for name in genotype.ops], [None] * len(genotype.ops), betas, x,
-                      fixed_ops=True)
+    return fused_cell(genotype.space, [(name,) for name in genotype.ops], [None] * len(genotype.ops), betas, x)
 
 
 def fast_forward(activation, x: torch.Tensor) -> torch.Tensor:

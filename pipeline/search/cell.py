@@ -82,6 +82,9 @@ class SearchCell(nn.Module):
         for edge, names in self.candidates.items():
             self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
         self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
+        # True while progressive shrinking will still drop candidates (set by the search loop each epoch): the
+        # fused cell then runs eagerly with per-operator kernels instead of compiling a kernel per candidate set.
+        self.candidates_changing = False
         self._refresh_active()
         # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())

@@ -114,6 +114,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         dropped = cell.drop(drops[epoch])
+        cell.candidates_changing = any(drops[epoch + 1:])
         supernet.relaxation.set_progress(epoch, cfg.epochs)
         train_loader.set_epoch(epoch)
         val_loader.set_epoch(epoch)
