@@ -150,3 +150,41 @@ def test_a_shrinking_search_ends_with_one_operator_per_edge():
     assert tuple(next(n for n, kept in last_mask[e].items() if kept) for e in last_mask) == result.genotype.ops
     # Once shrunk, the supernet is the discretized network: same function, same BatchNorm after recalibration.
     assert all(len(result.supernet.cell.active(e)) == 1 for e in last_mask)
+
+
+def record_kernel_choices(monkeypatch) -> list:
+    """Spy on the fused cell: (candidates per edge, whole cell compiled, per-operator kernels) of every call, which
+    then runs eagerly (the same math; a compile would cost seconds per candidate set)."""
+    calls, apply = [], fused._FusedCell.apply
+
+    def spy(spec, plan, compiled, op_kernels, *rest):
+        calls.append((spec.candidates, compiled, op_kernels))
+        return apply(spec, plan, False, False, *rest)
+    monkeypatch.setattr(fused._FusedCell, "apply", spy)
+    return calls
+
+
+@pytest.mark.parametrize("optimizer, changing, want", [("darts", False, (True, False)),
+                                                       ("darts", True, (False, False)),
+                                                       ("gdas", True, (False, True))])
+def test_a_candidate_set_that_will_shrink_again_is_not_compiled(optimizer, changing, want, monkeypatch):
+    net = small_supernet(optimizer)
+    net.cell.candidates_changing = changing
+    calls = record_kernel_choices(monkeypatch)
+    with fused.using("compile"), net.cell.forward_pass():
+        net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
+    assert [(compiled, op_kernels) for _, compiled, op_kernels in calls] == [want]
+
+
+def test_a_shrinking_search_compiles_only_its_final_single_operator_cell(monkeypatch):
+    calls = record_kernel_choices(monkeypatch)
+    cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=3, batch_size=16, device="cpu",
+                       seed=1, start_shrinking=1, bn_recalibration_batches=1)
+    with fused.using("compile"):
+        result = run_search(cfg, *loaders(count=32))
+    counts = drops_per_epoch(3, 1, 2 * 5 + 3, 3)
+    assert [len(r["dropped"]) for r in result.history] == counts and counts[-1] > 0  # the last epoch drops too
+    assert not result.supernet.cell.candidates_changing
+    assert any(max(map(len, candidates)) > 1 for candidates, compiled, _ in calls if not compiled)
+    assert all(max(map(len, candidates)) == 1 for candidates, compiled, _ in calls if compiled)
+    assert any(compiled for _, compiled, _ in calls)
