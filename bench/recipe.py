@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.retrain import load_loaders  # noqa: E402
+from bench.retrain import load_loaders, plain_epochs  # noqa: E402
 from pipeline.space.models import DEPTHS, build_resnet  # noqa: E402
 from pipeline.training.device import seed_everything  # noqa: E402
 from pipeline.training.train import evaluate  # noqa: E402
@@ -85,21 +85,9 @@ def main(argv=None) -> dict:
     else:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps,
                                                         cycle_momentum=args.schedule == "onecycle")
-    criterion = nn.CrossEntropyLoss()
     started, wall = time.process_time(), time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        total = 0.0
-        for x, y in train_loader:
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach())
-        print(f"epoch {epoch + 1} train loss {total / steps:.4f} ({time.perf_counter() - wall:.0f} s)",
-              file=sys.stderr, flush=True)
+    plain_epochs(model, optimizer, scheduler, train_loader, args.epochs, lambda epoch, loss: print(
+        f"epoch {epoch + 1} train loss {loss:.4f} ({time.perf_counter() - wall:.0f} s)", file=sys.stderr, flush=True))
     final = evaluate(model, test_loader, "cpu")
     record = {k: v for k, v in vars(args).items() if k not in ("source", "cache_dir", "variants", "repeats")}
     record |= {"test_top1": final["top1"], "test_loss": final["loss"], "cpu_s": time.process_time() - started,

@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -97,17 +98,29 @@ def plain_loop(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, de
                                 nesterov=cfg.nesterov)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(cfg, step, steps) / cfg.lr)
+    plain_epochs(model, optimizer, scheduler, train_loader, cfg.epochs)
+    return evaluate(model, test_loader, "cpu")
+
+
+def plain_epochs(model: nn.Module, optimizer, scheduler, train_loader, epochs: int,
+                 on_epoch: Callable[[int, float], None] | None = None) -> None:
+    """The tutorial loop itself: forward, loss, zero_grad, backward, step, scheduler step per iteration;
+    `on_epoch(epoch, mean training loss)` after each epoch if given (reading the loss costs a sync per step)."""
     criterion = nn.CrossEntropyLoss()
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         train_loader.set_epoch(epoch)
+        total = torch.zeros(())
         for x, y in train_loader:
             loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-    return evaluate(model, test_loader, "cpu")
+            if on_epoch is not None:
+                total += loss.detach()
+        if on_epoch is not None:
+            on_epoch(epoch, float(total) / len(train_loader))
 
 
 def run_variant(variant: str, args, loaders) -> dict:
@@ -125,7 +138,7 @@ def run_variant(variant: str, args, loaders) -> dict:
         model = fresh_model(args.network, cfg)
         started = clock()
         final = train_model(model, train_loader, test_loader, cfg, progress=False).final
-    return {"variant": variant, "seconds": clock() - started, "test_top1": final["top1"]}
+    return {"variant": variant, "seconds": clock() - started, "test_top1": final["top1"], "test_loss": final["loss"]}
 
 
 def load_loaders(args):

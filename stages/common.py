@@ -5,6 +5,7 @@ imports without installing the project. Every path is anchored at the project ro
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import torch
 
 from pipeline.data.augment import BatchLoader
 from pipeline.training.checkpoint import CheckpointError
-from pipeline.study.config import Params, ParamsError, load_params
+from pipeline.study.config import Params, ParamsError, load_params, search_stage_suffix, searched_name
 from pipeline.data.cifar import DataError
 from pipeline.study.preflight import PreflightError, check_free_space
 from pipeline.study.records import flatten
@@ -53,6 +54,18 @@ def start(stage: str) -> Params:
         check_tracking(params.tracking_uri())
     log.info("stage %s (params.yaml valid)", stage)
     return params
+
+
+def searched_stage(kind: str, description: str, argv: list[str]) -> tuple[argparse.Namespace, str, str, Params]:
+    """The command line of a per-search stage (`search`, `discretize`): (args, the searched activation's name,
+    e.g. darts-simple-s0, the DVC stage name, e.g. search@darts-simple-0, the checked params)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--optimizer", required=True)
+    parser.add_argument("--space", required=True)
+    parser.add_argument("--seed", required=True, type=int, help="the search seed (one of search.seeds)")
+    args = parser.parse_args(argv)
+    stage = f"{kind}@{search_stage_suffix(args.optimizer, args.space, args.seed)}"
+    return args, searched_name(args.optimizer, args.space, args.seed), stage, start(stage)
 
 
 def stage_run(params: Params, stage: str, tags: dict, run_params: dict | None = None) -> StageRun:

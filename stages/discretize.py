@@ -8,7 +8,6 @@ search selected (search.select, search.selection).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -16,19 +15,11 @@ from pipeline.training.device import resolve_device, seed_everything
 from pipeline.analysis.describe import describe_genotype
 from pipeline.search.discretize import discretize
 from pipeline.search.loop import load_selected_genotype, load_supernet
-from pipeline.study.config import search_stage_suffix, searched_name
-from stages.common import RESULTS, log, run, search_loaders, stage_run, start
+from stages.common import RESULTS, log, run, search_loaders, searched_stage, stage_run
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--space", required=True)
-    parser.add_argument("--seed", required=True, type=int, help="the search seed (one of search.seeds)")
-    args = parser.parse_args(argv)
-    name = searched_name(args.optimizer, args.space, args.seed)
-    stage = f"discretize@{search_stage_suffix(args.optimizer, args.space, args.seed)}"
-    params = start(stage)
+    args, name, stage, params = searched_stage("discretize", __doc__.splitlines()[0], argv)
     device = resolve_device(params.study.device)
     supernet, cfg = load_supernet(RESULTS / "search" / name / "supernet.pt", device)
     selected = load_selected_genotype(RESULTS / "search" / name / "supernet.pt")

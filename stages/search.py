@@ -9,15 +9,13 @@ deleted once the stage has succeeded. Each epoch goes to MLflow as it ends.
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 from pipeline.training.device import resolve_device
 from pipeline.search.loop import save_supernet
 from pipeline.search.loop import run_search
-from pipeline.study.config import search_stage_suffix, searched_name
-from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, stage_run, start,
-                           write_csv, write_json)
+from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, searched_stage,
+                           stage_run, write_csv, write_json)
 
 
 def epoch_metrics(record: dict) -> dict:
@@ -36,14 +34,7 @@ def epoch_metrics(record: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--space", required=True)
-    parser.add_argument("--seed", required=True, type=int, help="the search seed (one of search.seeds)")
-    args = parser.parse_args(argv)
-    name = searched_name(args.optimizer, args.space, args.seed)
-    stage = f"search@{search_stage_suffix(args.optimizer, args.space, args.seed)}"
-    params = start(stage)
+    args, name, stage, params = searched_stage("search", __doc__.splitlines()[0], argv)
     cfg = params.search.config(args.optimizer, args.space, params.search_seed(args.seed), params.study.device)
     out = RESULTS / "search" / name
     out.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from scipy.special import digamma, gammaln
 from scipy.stats import chisquare
-from torch import nn
 
 from pipeline.search.architect import Architect
 from pipeline.search.cell import Supernet
 from pipeline.search.discretize import discretize
 from pipeline.search.relax import Dirichlet, HardGumbel, Softmax, make_relaxation
+from tests.tiny_supernet import TinySupernetBase
 
 SMALL_OPS = {"unary": ["identity", "zero", "sin", "square", "tanh"], "binary": ["add", "mul", "sub", "sigmul"]}
 FAR_FROM_PRIOR = {"u1": [2.0, 1.5, 3.0, 2.5, 1.8], "b1": [1.2, 2.2, 2.8, 1.6]}  # every concentration well above 1
@@ -193,34 +193,14 @@ def test_gdas_temperature_bounds_are_checked():
 
 
 # --- DARTS second order -----------------------------------------------------------------------------------------
-class TinySupernet(nn.Module):
+class TinySupernet(TinySupernetBase):
     """linear -> a softmax-mixed activation (tanh, sin, x, x^2) -> linear: what the architect needs, small enough
     to differentiate through a virtual SGD step exactly."""
 
     OPS = (torch.tanh, torch.sin, lambda v: v, torch.square)
 
     def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.first = nn.Linear(6, 5)
-        self.last = nn.Linear(5, 3)
-        for p in self.parameters():
-            p.data.copy_(0.7 * torch.randn(p.shape, generator=g))
-        self.alpha = nn.Parameter(torch.tensor([0.2, -0.1, 0.3, -0.4]))
-        self.relaxation = Softmax()
-        self.cell = self
-
-    def alpha_dict(self):
-        return {"u1": self.alpha}
-
-    def arch_parameters(self):
-        return [self.alpha]
-
-    def beta_parameters(self):
-        return []
-
-    def weight_parameters(self):
-        return [self.first.weight, self.first.bias, self.last.weight, self.last.bias]
+        super().__init__(in_features=6, hidden=5, alpha=[0.2, -0.1, 0.3, -0.4], scale=0.7)
 
     def forward(self, x, weights=None):
         w = self.weight_parameters() if weights is None else weights

@@ -97,6 +97,14 @@ def test_per_site_sample_is_rejected_for_darts_and_gdas(optimizer):
     assert SearchConfig(optimizer="drnas", drnas={"per_site_sample": True}).drnas.per_site_sample
 
 
+@pytest.mark.parametrize("optimizer", ["gdas", "drnas"])
+def test_second_order_is_rejected_for_gdas_and_drnas(optimizer):
+    with pytest.raises(ValueError, match=f"darts.second_order = True is invalid; allowed: false for optimizer "
+                                         f"'{optimizer}' \\(only DARTS has a second-order variant\\)"):
+        SearchConfig(optimizer=optimizer, darts={"second_order": True})
+    assert SearchConfig(optimizer="darts", darts={"second_order": True}).darts.second_order
+
+
 # --- stage helpers ----------------------------------------------------------------------------------------------
 def test_resume_or_restart_drops_a_stale_checkpoint_and_starts_over(tmp_path):
     checkpoint = tmp_path / "stage.pt"

@@ -14,36 +14,17 @@ from pipeline.search.architect import Architect
 from pipeline.search.loop import SearchConfig, _weight_step
 from pipeline.search.relax import Dirichlet, HardGumbel, Relaxation, Softmax, entropy, make_relaxation
 from pipeline.training.metrics import MetricAccumulator
+from tests.tiny_supernet import TinySupernetBase
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class TinySupernet(nn.Module):
+class TinySupernet(TinySupernetBase):
     """linear -> softmax(alpha)-mixed (x, tanh) -> linear, with the Supernet interface the steps use."""
 
     def __init__(self, relaxation: Relaxation | None = None):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.first, self.last = nn.Linear(4, 3), nn.Linear(3, 3)
-        for p in self.parameters():
-            p.data.copy_(torch.randn(p.shape, generator=g))
-        self.alpha = nn.Parameter(torch.tensor([0.3, -0.2]))
-        self.beta = nn.Parameter(torch.tensor([0.5]))
-        self.relaxation = relaxation or Softmax()
-        self.cell = self
-
-    def alpha_dict(self):
-        return {"u1": self.alpha}
-
-    def arch_parameters(self):
-        return [self.alpha]
-
-    def beta_parameters(self):
-        return [self.beta]
-
-    def weight_parameters(self):
-        return [self.first.weight, self.first.bias, self.last.weight, self.last.bias]
+        super().__init__(in_features=4, hidden=3, alpha=[0.3, -0.2], beta=[0.5], relaxation=relaxation)
 
     poison_gradient = False  # True: a finite loss whose backward pass overflows to inf
 

@@ -101,6 +101,11 @@ class SearchSettings(BaseModel):
         return self
 
 
+# Options of one optimizer's section that the others cannot honour: (section, option, why).
+OWN_OPTIONS = (("darts", "second_order", "only DARTS has a second-order variant"),
+               ("drnas", "per_site_sample", "only DrNAS draws a sample per activation site"))
+
+
 class SearchConfig(SearchSettings):
     """One search: the settings, its optimizer and space, and where it runs."""
     optimizer: Optimizer = "darts"
@@ -109,15 +114,8 @@ class SearchConfig(SearchSettings):
     device: Device = "auto"
 
     @model_validator(mode="after")
-    def _second_order_is_darts_only(self):
-        if self.darts.second_order and self.optimizer != "darts":
-            raise invalid("darts.second_order", True, f"false for optimizer {self.optimizer!r} (only DARTS has "
-                                                      "a second-order variant)")
-        return self
-
-    @model_validator(mode="after")
-    def _per_site_sample_is_drnas_only(self):
-        if self.drnas.per_site_sample and self.optimizer != "drnas":
-            raise invalid("drnas.per_site_sample", True, f"false for optimizer {self.optimizer!r} (only DrNAS draws a "
-                                                         "sample per activation site)")
+    def _own_options_only_for_their_optimizer(self):
+        for owner, option, why in OWN_OPTIONS:
+            if getattr(getattr(self, owner), option) and self.optimizer != owner:
+                raise invalid(f"{owner}.{option}", True, f"false for optimizer {self.optimizer!r} ({why})")
         return self
