@@ -82,8 +82,8 @@ class SearchCell(nn.Module):
         for edge, names in self.candidates.items():
             self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
         self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
-        # True while progressive shrinking will still drop candidates (set by the search loop each epoch): the
-        # fused cell then runs eagerly with per-operator kernels instead of compiling a kernel per candidate set.
+        # True in a search with progressive shrinking (set by the search loop): each candidate set lives for an
+        # epoch or a few, so the fused cell runs eagerly instead of compiling a kernel for every set.
         self.candidates_changing = False
         self._refresh_active()
         # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.

@@ -96,6 +96,8 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     cell = supernet.cell
     drops = drops_per_epoch(cfg.epochs, cfg.start_shrinking, sum(len(n) for n in cell.candidates.values()),
                             len(cell.candidates))
+    # A shrinking search's candidate sets live an epoch or a few (the last one too): no compiled cell kernels.
+    cell.candidates_changing = any(drops)
     history: list[dict] = []
     skipped, start_epoch = 0, 0
     best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take
@@ -114,7 +116,6 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         dropped = cell.drop(drops[epoch])
-        cell.candidates_changing = any(drops[epoch + 1:])
         supernet.relaxation.set_progress(epoch, cfg.epochs)
         train_loader.set_epoch(epoch)
         val_loader.set_epoch(epoch)
