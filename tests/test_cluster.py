@@ -27,9 +27,7 @@ import yaml
 
 from tests.test_pipeline_e2e import copy_project, edit_params, ran_stages
 
-pytestmark = [pytest.mark.slow, pytest.mark.skip(
-    reason="issue 15 still open: since the download stage was merged, the runner's set of run stages lacks "
-           "'download' against the serial repro's (found in the last minutes of the session; not yet fixed)")]
+pytestmark = pytest.mark.slow
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 STAGE_ENV = {"ACTSEARCH_FUSED": "eager", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
              "DVC_NO_ANALYTICS": "true"}

@@ -1,12 +1,15 @@
 """Genotypes: JSON round trip, formulas, fixed modules, baselines."""
 import json
+import math
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 
 from pipeline.space.genotype import BASELINES, RELU, SWISH, Genotype
 from pipeline.space.models import build_resnet, count_parameters
+from pipeline.space.ops import x_
 
 
 def test_json_round_trip(tmp_path):
@@ -24,6 +27,17 @@ def test_formula_is_simplified():
     assert Genotype("simple", ("scale", "abs", "add"), (1.0, None, None)).formula() == "x + abs(x)"
     assert Genotype("simple", ("shift", "zero", "left"), (0.123456, None, None)).formula() == "x + 0.1235"
     assert "\\max" in double_relu.latex()
+
+
+def test_sigmoid_evaluates_where_a_reader_would():
+    # sigmul(zero(x), x) = sigmoid(0) * x: once printed unevaluated as x*sigmoid(0)
+    assert Genotype("simple", ("zero", "identity", "sigmul"), (None, None, None)).formula() == "x/2"
+    assert Genotype("simple", ("const", "identity", "sigmul"), (0.5, None, None)).formula() == "0.6225*x"
+    assert Genotype("simple", ("identity", "identity", "sigmul"), (None, None, None)).formula() == "x*sigmoid(x)"
+    d = sympy.diff(SWISH.expr(), x_)  # d/dx x*sigmoid(x), compared numerically with the closed form
+    for value in (-2.0, 0.0, 1.5):
+        s = 1 / (1 + math.exp(-value))
+        assert float(d.subs(x_, value)) == pytest.approx(s + value * s * (1 - s), rel=1e-12)
 
 
 def test_symbolic_betas():

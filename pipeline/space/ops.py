@@ -117,8 +117,28 @@ _X_CUBE = BOUND ** (1 / 3)
 _X_HYP = math.asinh(BOUND)  # sinh and cosh reach BOUND here (cosh slightly above, fine)
 
 x_, x1_, x2_, beta_ = sympy.symbols("x x1 x2 beta", real=True)
-# Kept as a named function so formulas read x*sigmoid(x), not x*exp(x)/(exp(x) + 1).
-sigmoid_ = sympy.Function("sigmoid")
+
+
+class sigmoid_(sympy.Function):  # noqa: N801 - sympy prints the class name: formulas read sigmoid(x)
+    """1 / (1 + exp(-x)), kept as a named function so formulas read x*sigmoid(x), not x*exp(x)/(exp(x) + 1); it
+    evaluates where a reader would (sigmoid(0) = 1/2, float arguments) and differentiates as sigmoid."""
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_zero:
+            return sympy.S.Half
+        if arg.is_Float:
+            return 1 / (1 + sympy.exp(-arg))
+        return None
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return 1 / (1 + sympy.exp(-arg))
+
+
+sigmoid_.__name__ = "sigmoid"
 
 UNARY: dict[str, Op] = {}
 BINARY: dict[str, Op] = {}
