@@ -41,12 +41,17 @@ def error_of(raw: dict, root: Path = ROOT, check_paths: bool = False) -> str:
 
 def test_the_committed_defaults_load_and_describe_the_whole_study():
     params = load_params(ROOT / "params.yaml", check_paths=False)
-    assert set(params.search.optimizers) == {"darts", "gdas", "drnas"}
+    assert params.search.optimizers == ["drnas"]  # the GRAFS procedure; all three: presets/optimizers.yaml
     assert set(params.search.spaces) == {"simple", "complex"}
     assert set(params.evaluate.networks) == {"resnet8", "resnet20"}
-    assert set(params.evaluate.baselines) == {"relu", "swish"} and len(params.evaluate.seeds) >= 2
-    assert list(params.activations()) == ["relu", "swish", "darts-simple-s0", "darts-complex-s0", "gdas-simple-s0",
-                                          "gdas-complex-s0", "drnas-simple-s0", "drnas-complex-s0"]
+    assert set(params.evaluate.baselines) == {"relu", "swish"} and len(params.evaluate.seeds) >= 3
+    assert list(params.activations()) == ["relu", "swish", "drnas-simple-s0", "drnas-complex-s0"]
+    every = load_params(ROOT / "presets" / "optimizers.yaml", check_paths=False)
+    assert list(every.activations()) == ["relu", "swish", "darts-simple-s0", "darts-complex-s0", "gdas-simple-s0",
+                                         "gdas-complex-s0", "drnas-simple-s0", "drnas-complex-s0"]
+    # The same study otherwise: only the optimizers differ.
+    assert every.model_dump() == params.model_dump() | {"search": every.search.model_dump()}
+    assert every.search.model_dump() | {"optimizers": ["drnas"]} == params.search.model_dump()
 
 
 def _key_tree(node) -> dict:
