@@ -229,13 +229,15 @@ class Bench:
                 "images_per_s": search_batch / iteration_s, "step_ms": 1e3 * iteration_s, "compile_s": compile_s}
 
     def shrunk_search_record(self, network: str, variant: str, fraction: float) -> list[dict]:
-        """A search iteration of a supernet after `fraction` of its progressive-shrinking drops (0.5, 0.9): the
-        fused cell is compiled for the remaining candidates only, so it should cost less as the set shrinks."""
+        """A search iteration of a supernet after `fraction` of its progressive-shrinking drops (0.5, 0.9), run as
+        a shrinking search runs it: the fused cell eagerly (a kernel per candidate set would not pay for its
+        compilation), with the remaining candidates only, so it should cost less as the set shrinks."""
         x, y = self.batch(self.args.batch)
         model = self.training_step(network, variant, x, y)[0]
         cell = model.cell
         droppable = sum(len(names) - 1 for names in cell.candidates.values())
         cell.drop(round(fraction * droppable))
+        cell.candidates_changing = True  # what run_search sets for a search with progressive shrinking
         with fused.using("auto"):
             record = self.search_record(model, variant, network)
         return [record | {"variant": f"{variant} ({100 * fraction:.0f}% dropped)", "dropped_fraction": fraction}]

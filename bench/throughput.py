@@ -7,8 +7,8 @@ supernets, simple and complex spaces, operator set "grafs" (the search's weight 
 clipping, SGD step, alphas frozen, betas trained); retraining of discretized functions (GenotypeActivation) for
 x*sigmoid(x) (identity/identity/sigmul) and max(x,0)+beta (relu/const/add). Also, on the search network: one full
 search iteration (architecture step + weight step at the search batch size), the same after 50% and 90% of
-progressive shrinking's drops (darts-simple, drnas-complex: the fused cell compiled for the remaining
-candidates), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
+progressive shrinking's drops (darts-simple, drnas-complex: the fused cell run eagerly for the remaining
+candidates, as a shrinking search runs it), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
 spent loading and augmenting a batch.
 
 Method
