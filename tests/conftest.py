@@ -10,6 +10,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "true")
+# Ray reads these once, when it is first imported (ray._private.ray_constants), and any test module may import it
+# first (test_cluster_plan does): set here, before every test module, so that a Ray cluster a test starts binds to
+# 127.0.0.1 only. Without it, the whole suite's cluster test got a head node on the machine's outside address.
+RAY_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                     "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_LOOPBACK_ONLY)
 
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

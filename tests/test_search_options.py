@@ -89,20 +89,16 @@ def test_drnas_per_site_sample_draws_one_sample_per_activation_site(per_site):
         assert len({tuple(d.tolist()) for d in draws}) == sites
 
 
-@pytest.mark.parametrize("optimizer", ["darts", "gdas"])
-def test_per_site_sample_is_rejected_for_darts_and_gdas(optimizer):
-    with pytest.raises(ValueError, match=f"drnas.per_site_sample = True is invalid; allowed: false for optimizer "
-                                         f"'{optimizer}' \\(only DrNAS draws a sample per activation site\\)"):
-        SearchConfig(optimizer=optimizer, drnas={"per_site_sample": True})
-    assert SearchConfig(optimizer="drnas", drnas={"per_site_sample": True}).drnas.per_site_sample
-
-
-@pytest.mark.parametrize("optimizer", ["gdas", "drnas"])
-def test_second_order_is_rejected_for_gdas_and_drnas(optimizer):
-    with pytest.raises(ValueError, match=f"darts.second_order = True is invalid; allowed: false for optimizer "
-                                         f"'{optimizer}' \\(only DARTS has a second-order variant\\)"):
-        SearchConfig(optimizer=optimizer, darts={"second_order": True})
-    assert SearchConfig(optimizer="darts", darts={"second_order": True}).darts.second_order
+@pytest.mark.parametrize("owner, option, why, optimizer", [
+    ("drnas", "per_site_sample", "only DrNAS draws a sample per activation site", "darts"),
+    ("drnas", "per_site_sample", "only DrNAS draws a sample per activation site", "gdas"),
+    ("darts", "second_order", "only DARTS has a second-order variant", "gdas"),
+    ("darts", "second_order", "only DARTS has a second-order variant", "drnas")])
+def test_an_optimizer_only_option_is_rejected_for_the_others(owner, option, why, optimizer):
+    with pytest.raises(ValueError, match=f"{owner}.{option} = True is invalid; allowed: false for optimizer "
+                                         f"'{optimizer}' \\({why}\\)"):
+        SearchConfig(optimizer=optimizer, **{owner: {option: True}})
+    assert getattr(getattr(SearchConfig(optimizer=owner, **{owner: {option: True}}), owner), option)
 
 
 # --- stage helpers ----------------------------------------------------------------------------------------------
