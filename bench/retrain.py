@@ -105,7 +105,8 @@ def plain_loop(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, de
 def plain_epochs(model: nn.Module, optimizer, scheduler, train_loader, epochs: int,
                  on_epoch: Callable[[int, float], None] | None = None) -> None:
     """The tutorial loop itself: forward, loss, zero_grad, backward, step, scheduler step per iteration;
-    `on_epoch(epoch, mean training loss)` after each epoch if given (reading the loss costs a sync per step)."""
+    `on_epoch(epoch, mean training loss)` after each epoch if given (the loss is summed on the device, read once
+    per epoch)."""
     criterion = nn.CrossEntropyLoss()
     model.train()
     for epoch in range(epochs):

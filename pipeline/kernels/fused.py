@@ -255,9 +255,10 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     single candidate of weight 1) and one beta tensor or None per candidate. `compile_as`, when the mode compiles:
     "cell", one kernel for the whole cell, for a cell called for many steps (DARTS, DrNAS, a genotype);
     "operator", the cell run eagerly with one compiled kernel per operator, reused by every cell (GDAS's sample,
-    which changes every step); "none", eager (the candidate sets of a search with progressive shrinking, which live an epoch or a few:
-    measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s eager, 273 s with operator
-    kernels and 278 s with cell kernels, the compilations costing more than they save)."""
+    which changes every step); "none", eager (the candidate sets of a search with progressive shrinking, which
+    live an epoch or a few: measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s
+    eager, 273 s with operator kernels and 278 s with cell kernels, the compilations costing more than they
+    save)."""
     if compile_as not in COMPILE_AS:
         raise ValueError(f"compile_as must be one of {COMPILE_AS}, got {compile_as!r}")
     graph, result = _graph(space)
