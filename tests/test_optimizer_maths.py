@@ -210,27 +210,70 @@ class TinySupernet(TinySupernetBase):
         return F.linear(h, w[2], w[3])
 
 
-def test_second_order_darts_hypergradient_matches_autograd_through_the_virtual_step():
-    """Catches a wrong sign or scale of the Hessian term, a missing weight decay in the virtual step, or a
-    finite-difference step that does not restore the weights."""
+def second_order_case(val_scale: float = 1.0):
+    """The tiny supernet, train and validation batches (validation inputs scaled by `val_scale`) and the
+    architect."""
     torch.manual_seed(0)
     net = TinySupernet()
     g = torch.Generator().manual_seed(1)
     x_train, y_train = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-    x_val, y_val = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-    xi, wd = 0.5, 0.1
-    before = [p.detach().clone() for p in net.weight_parameters()]
+    x_val, y_val = val_scale * torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
     architect = Architect(net, lr=0.1, betas=(0.5, 0.999), weight_decay=0.0, train_betas=False, second_order=True)
-    _, grads = architect._unrolled_grads(x_val, y_val, x_train, y_train, xi, wd)
-    assert all(torch.equal(p, b) for p, b in zip(net.weight_parameters(), before))
+    return net, (x_val, y_val, x_train, y_train), architect
 
-    weights = net.weight_parameters()  # exact: L_val(w - xi * (dL_train/dw + wd * w), alpha), double backward
+
+def exact_hypergradient(net, batches, xi: float, wd: float, first_order: bool = False) -> torch.Tensor:
+    """d/d alpha of L_val(w - xi * (dL_train/dw + wd * w), alpha) by double backward (no finite differences)."""
+    x_val, y_val, x_train, y_train = batches
+    weights = net.weight_parameters()
     train_grads = torch.autograd.grad(F.cross_entropy(net(x_train), y_train), weights, create_graph=True)
     virtual = [w - xi * (gw + wd * w) for w, gw in zip(weights, train_grads)]
+    if first_order:
+        virtual = [v.detach() for v in virtual]
     exact, = torch.autograd.grad(F.cross_entropy(net(x_val, virtual), y_val), net.alpha)
-    first_order, = torch.autograd.grad(F.cross_entropy(net(x_val, [v.detach() for v in virtual]), y_val), net.alpha)
+    return exact
+
+
+def test_second_order_darts_hypergradient_matches_autograd_through_the_virtual_step():
+    """Catches a wrong sign or scale of the Hessian term, a missing weight decay in the virtual step, or a
+    finite-difference step that does not restore the weights."""
+    net, batches, architect = second_order_case()
+    xi, wd = 0.5, 0.1
+    before = [p.detach().clone() for p in net.weight_parameters()]
+    _, grads = architect._unrolled_grads(*batches, xi, wd)
+    assert all(torch.equal(p, b) for p, b in zip(net.weight_parameters(), before))
+    exact = exact_hypergradient(net, batches, xi, wd)
+    first_order = exact_hypergradient(net, batches, xi, wd, first_order=True)
     assert (exact - first_order).abs().max() > 50 * 1e-4  # the Hessian term is large enough to be tested
     assert grads[0].tolist() == pytest.approx(exact.tolist(), abs=1e-4)
+
+
+def test_second_order_finite_difference_step_is_small_whatever_the_gradient_norm():
+    """The Hessian-vector product's step is 0.01 / ||dL_val/dw'|| along dL_val/dw', so the weights move by 0.01
+    whatever the gradient's size. Catches a step that grows with the norm (0.01 * norm: here the weights would
+    move by ~norm^2 / 100 and the difference quotient would be far from the derivative)."""
+    net, batches, architect = second_order_case(val_scale=30.0)
+    xi, wd = 0.5, 0.1
+    _, grads = architect._unrolled_grads(*batches, xi, wd)
+    x_val, y_val = batches[:2]
+    train_grads = torch.autograd.grad(F.cross_entropy(net(batches[2]), batches[3]), net.weight_parameters())
+    virtual = [(w - xi * (g + wd * w)).detach().requires_grad_() for w, g in zip(net.weight_parameters(),
+                                                                                 train_grads)]
+    dw = torch.autograd.grad(F.cross_entropy(net(x_val, virtual), y_val), virtual)
+    assert math.sqrt(sum(float((g ** 2).sum()) for g in dw)) > 20  # far from 1: the two step rules differ
+    exact = exact_hypergradient(net, batches, xi, wd)
+    assert grads[0].tolist() == pytest.approx(exact.tolist(), rel=2e-2, abs=1e-4)
+
+
+def test_architect_step_takes_no_weight_decay_in_the_virtual_step_unless_given():
+    """`step` without weight_decay: the hypergradient of a virtual step without decay (catches a non-zero
+    default)."""
+    net, batches, architect = second_order_case()
+    xi = 0.5
+    exact, decayed = exact_hypergradient(net, batches, xi, 0.0), exact_hypergradient(net, batches, xi, 1.0)
+    assert (exact - decayed).abs().max() > 50 * 1e-4  # a default decay of 1 would be seen
+    architect.step(*batches, weight_lr=xi)  # before the step's Adam update moves alpha, grad holds the gradient
+    assert net.alpha.grad.tolist() == pytest.approx(exact.tolist(), abs=1e-4)
 
 
 # --- discretization gap -----------------------------------------------------------------------------------------
