@@ -35,3 +35,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The longest test files, slowest first (minutes each on the 2-core CI machine). With `-n auto --dist loadfile
+# --no-loadscope-reorder` (README) xdist hands out files in collection order: starting these first keeps one worker
+# from running a 10-minute file alone at the end while the other has finished.
+LONGEST_FILES = ("test_cluster.py", "test_pipeline_e2e.py", "test_cifar.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in LONGEST_FILES:
+            return 0, LONGEST_FILES.index(name)
+        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
+    items.sort(key=rank)  # stable: the order within each file and rank is kept

@@ -1,11 +1,16 @@
 """On the real CIFAR-10 images (the shared JPEG archive): a ReLU baseline learns, and every optimizer and space
-runs a short search that ends in a genotype, a formula and a plot. Slow: run by CI, skipped with -m 'not slow'."""
+runs a short search that ends in a genotype, a formula and a plot. Slow: run by CI, skipped with -m 'not slow'.
+
+The searches run their fused cells eagerly: compiling the kernels of every optimizer and space (cold, as on CI) for
+these 8 steps per search made the six searches take 10.5 minutes in the parallel suite; eagerly they take 77 s on
+an idle machine. The compiled kernels are checked against the eager ones in tests/test_fused.py."""
 import time
 
 import pytest
 import torch
 
 from pipeline.data.augment import BatchLoader
+from pipeline.kernels import fused
 from pipeline.data.cifar import balanced_subset, load_cifar10, split_indices
 from pipeline.analysis.describe import describe_genotype
 from pipeline.search.discretize import discretize
@@ -53,8 +58,9 @@ def test_short_search_on_cifar10(cifar, optimizer, space, tmp_path):
     val = BatchLoader(images[val_idx], labels[val_idx], 64, shuffle=True, augment=False, seed=1)
     cfg = SearchConfig(optimizer=optimizer, space=space, epochs=2, batch_size=64, device="cpu", seed=0)
     started = time.perf_counter()
-    result = run_search(cfg, train, val)
-    genotype, gap = discretize(result.supernet, val, torch.device("cpu"))
+    with fused.using("eager"):
+        result = run_search(cfg, train, val)
+        genotype, gap = discretize(result.supernet, val, torch.device("cpu"))
     summary = describe_genotype(genotype, tmp_path) | gap
     seconds = time.perf_counter() - started
     print(f"{optimizer}-{space}: {seconds:.1f} s, {summary['formula']}, gap {summary['discretization_gap_top1']:.1f}")
