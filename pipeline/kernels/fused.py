@@ -264,7 +264,8 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     graph, result = _graph(space)
     spec = CellSpec(tuple(tuple(names) for names in candidates), tuple(w is not None for w in weights),
                     tuple(tuple(b is not None for b in row) for row in betas), graph, result)
-    compile_ = compiles(x)
+    mode = get_mode()
+    compile_ = mode == "compile" or (mode == "auto" and x.dim() > 0 and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
     params = [w for w in weights if w is not None] + [b for row in betas for b in row if b is not None]
     # From requires_grad here, not in forward: there needs_input_grad ignores torch.no_grad() (evaluation).
     track = torch.is_grad_enabled()
@@ -275,39 +276,21 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
                             x, *params)
 
 
-def compiles(x: torch.Tensor) -> bool:
-    """Whether the current mode compiles the kernels of a cell applied to x."""
-    mode = get_mode()
-    return mode == "compile" or (mode == "auto" and x.dim() > 0 and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
-
-
-# A shrinking search's cell while more than this share of its candidates is left: the one compiled kernel of the
-# full candidate set, the dropped candidates weighted 0. An eager cell costs 5.7-7x its compiled kernel in
-# proportion to the candidates left (bench/pieces.py, 2-core CPU), so below about 1/7 the eager cell of the
-# remaining candidates is the cheaper one. One kernel for every set: a kernel per set cost more to compile than
-# it saved (a set lives an epoch or a few).
-FULL_KERNEL_ABOVE_SHARE = 0.15
-
-
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge."""
     cell = site.cell
     hard = cell.relaxation.hard
-    full_kernel = (not hard and cell.candidates_changing and compiles(x)
-                   and cell.active_share() > FULL_KERNEL_ABOVE_SHARE)
     candidates, ws, betas = [], [], []
     for edge in edges_of(cell.space):
-        # Otherwise only the remaining candidates (progressive shrinking masks the others): a dropped operator is
-        # not in the kernel at all.
+        # Only the remaining candidates (progressive shrinking masks the others): a dropped operator is not in
+        # the kernel at all, and each candidate set gets a kernel of its own.
         names, w = cell.active(edge), weights[edge]
-        if full_kernel and len(names) < len(cell.candidates[edge]):
-            names = cell.candidates[edge]
-            w = w.new_zeros(len(names)).masked_scatter(cell.mask(edge), w)  # gradients reach the remaining only
         if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
             k = cell.relaxation.index[edge]
             names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)
         candidates.append(names)
         ws.append(w)
         betas.append([site.beta(edge, name) for name in names])
-    compile_as = "operator" if hard else "cell" if full_kernel or not cell.candidates_changing else "none"
+    # A candidate set of a shrinking search serves an epoch or a few: not worth compiling.
+    compile_as = "operator" if hard else "none" if cell.candidates_changing else "cell"
     return fused_cell(cell.space, candidates, ws, betas, x, compile_as=compile_as)

@@ -83,7 +83,7 @@ class SearchCell(nn.Module):
             self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
         self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
         # True in a search with progressive shrinking (set by the search loop): each candidate set lives for an
-        # epoch or a few, so no kernel is compiled per set (pipeline/kernels/fused.py: supernet_site).
+        # epoch or a few, so the fused cell runs eagerly instead of compiling a kernel for every set.
         self.candidates_changing = False
         self._refresh_active()
         # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.
@@ -101,10 +101,6 @@ class SearchCell(nn.Module):
     def active(self, edge: str) -> tuple[str, ...]:
         """The remaining candidates of `edge`, in registry order."""
         return self._active[edge]
-
-    def active_share(self) -> float:
-        """Remaining candidates over all candidates, every edge together (1.0 before any drop)."""
-        return sum(map(len, self._active.values())) / sum(map(len, self.candidates.values()))
 
     def set_active(self, edge: str, names) -> None:
         """Keep exactly `names` on `edge` (perturbation-based selection masks and restores candidates)."""
