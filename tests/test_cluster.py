@@ -33,7 +33,6 @@ from tests.conftest import RAY_LOOPBACK_ONLY
 from tests.test_pipeline_e2e import copy_project, edit_params, ran_stages
 
 pytestmark = pytest.mark.slow
-LOOPBACK_ONLY = RAY_LOOPBACK_ONLY  # also set by conftest before ray is first imported
 STAGE_ENV = {"ACTSEARCH_FUSED": "eager", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
              "DVC_NO_ANALYTICS": "true"}
 # Outputs whose bytes hold wall-clock times; all other hashes in dvc.lock must match the serial run's exactly.
@@ -68,8 +67,7 @@ def ci_project(destination: Path, archive: Path, cache: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    saved = {key: os.environ.get(key) for key in LOOPBACK_ONLY}
-    os.environ.update(LOOPBACK_ONLY)
+    # RAY_LOOPBACK_ONLY is in the environment already: conftest sets it before Ray is first imported.
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -80,8 +78,6 @@ def ray_cluster():
         yield cluster.address, worker.node_id
     finally:
         cluster.shutdown()
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +117,7 @@ def runner_command(address: str, *extra: str) -> list[str]:
 
 def runner_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS")}
-    return env | LOOPBACK_ONLY | STAGE_ENV | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    return env | RAY_LOOPBACK_ONLY | STAGE_ENV | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
 
 
 def runner(project: Path, address: str, *extra: str) -> str:
