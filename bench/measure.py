@@ -31,6 +31,14 @@ GENOTYPES = {
 SEARCH_NETWORK, SEARCH_BATCH = "resnet8", 64  # presets/full.yaml
 
 
+def thread_counts(parser, text: str) -> list[int]:
+    """A --threads value such as "1,2" as integers, or the parser's one clear error."""
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        parser.error(f"--threads must be comma-separated integers such as 1,2, got {text!r}")
+
+
 def _proc_status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.measure import thread_counts  # noqa: E402
 from pipeline.kernels import fused  # noqa: E402
 from pipeline.search.cell import MixedActivation  # noqa: E402
 from pipeline.search.loop import SearchConfig, build_supernet  # noqa: E402
@@ -53,10 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--markdown", type=Path)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one thread count, records to stdout
     args = p.parse_args(argv)
-    try:
-        args.threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        p.error(f"--threads must be comma-separated integers such as 1,2, got {args.threads!r}")
+    args.threads = thread_counts(p, args.threads)
     if min(args.threads) < 1 or args.batch < 1 or args.repeats < 1:
         p.error("--threads, --batch and --repeats must be positive")
     return args

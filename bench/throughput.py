@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench  # noqa: E402
+from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench, thread_counts  # noqa: E402
 from pipeline.training.device import resolve_device  # noqa: E402
 
 SHRUNK_VARIANTS = ("darts-simple", "drnas-complex")  # search iterations after 50% / 90% of the shrinking drops
@@ -73,12 +73,8 @@ def parse_args(argv=None):
                    help="cpu: this process's CPU time, which a loaded machine's time-slicing leaves intact; "
                         "meaningful with --threads 1 on CPU only")
     args = p.parse_args(argv)
-    try:
-        default = "1" if args.clock == "cpu" else f"1,{os.cpu_count() or 1}"
-        args.threads = [int(t) for t in (args.threads or default).split(",")]
-    except ValueError:
-        p.error(f"--threads must be comma-separated integers such as 1,2, got {args.threads!r}")
-    args.threads = sorted(set(args.threads))
+    default = "1" if args.clock == "cpu" else f"1,{os.cpu_count() or 1}"
+    args.threads = sorted(set(thread_counts(p, args.threads or default)))
     if args.batch < 1 or min(args.threads) < 1 or args.warmup < 1 or (args.steps is not None and args.steps < 1):
         p.error("--batch, --threads, --warmup and --steps must be positive")
     args.steps = args.steps or (4 if args.quick else 6)
