@@ -222,12 +222,18 @@ def second_order_case(val_scale: float = 1.0):
     return net, (x_val, y_val, x_train, y_train), architect
 
 
+def virtual_step(net, batches, xi: float, wd: float, create_graph: bool) -> list[torch.Tensor]:
+    """w' = w - xi * (dL_train/dw + wd * w), differentiable through dL_train/dw with `create_graph`."""
+    x_train, y_train = batches[2:]
+    weights = net.weight_parameters()
+    train_grads = torch.autograd.grad(F.cross_entropy(net(x_train), y_train), weights, create_graph=create_graph)
+    return [w - xi * (gw + wd * w) for w, gw in zip(weights, train_grads)]
+
+
 def exact_hypergradient(net, batches, xi: float, wd: float, first_order: bool = False) -> torch.Tensor:
     """d/d alpha of L_val(w - xi * (dL_train/dw + wd * w), alpha) by double backward (no finite differences)."""
-    x_val, y_val, x_train, y_train = batches
-    weights = net.weight_parameters()
-    train_grads = torch.autograd.grad(F.cross_entropy(net(x_train), y_train), weights, create_graph=True)
-    virtual = [w - xi * (gw + wd * w) for w, gw in zip(weights, train_grads)]
+    x_val, y_val = batches[:2]
+    virtual = virtual_step(net, batches, xi, wd, create_graph=True)
     if first_order:
         virtual = [v.detach() for v in virtual]
     exact, = torch.autograd.grad(F.cross_entropy(net(x_val, virtual), y_val), net.alpha)
@@ -256,9 +262,7 @@ def test_second_order_finite_difference_step_is_small_whatever_the_gradient_norm
     xi, wd = 0.5, 0.1
     _, grads = architect._unrolled_grads(*batches, xi, wd)
     x_val, y_val = batches[:2]
-    train_grads = torch.autograd.grad(F.cross_entropy(net(batches[2]), batches[3]), net.weight_parameters())
-    virtual = [(w - xi * (g + wd * w)).detach().requires_grad_() for w, g in zip(net.weight_parameters(),
-                                                                                 train_grads)]
+    virtual = [v.detach().requires_grad_() for v in virtual_step(net, batches, xi, wd, create_graph=False)]
     dw = torch.autograd.grad(F.cross_entropy(net(x_val, virtual), y_val), virtual)
     assert math.sqrt(sum(float((g ** 2).sum()) for g in dw)) > 20  # far from 1: the two step rules differ
     exact = exact_hypergradient(net, batches, xi, wd)
