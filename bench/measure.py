@@ -245,7 +245,7 @@ class Bench:
         cell = model.cell
         droppable = sum(len(names) - 1 for names in cell.candidates.values())
         cell.drop(round(fraction * droppable))
-        cell.candidates_changing = True  # what run_search sets for a search with progressive shrinking
+        cell.compile_kernels = False  # what run_search sets for a short-lived candidate set
         with fused.using("auto"):
             record = self.search_record(model, variant, network)
         return [record | {"variant": f"{variant} ({100 * fraction:.0f}% dropped)", "dropped_fraction": fraction}]

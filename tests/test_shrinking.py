@@ -1,17 +1,19 @@
 """Progressive shrinking: GRAFS's drop schedule, which operator each drop masks, the fused cell built for the
 remaining candidates only, and a shrinking search that ends with one operator per edge."""
 import dataclasses
+import logging
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.data.augment import BatchLoader
-from pipeline.kernels import fused
+from pipeline.kernels import fused, fused_ops
 from pipeline.search.cell import Supernet
 from pipeline.search.loop import SearchConfig, run_search
 from pipeline.search.relax import make_relaxation
-from pipeline.search.shrink import choose_drops, drops_per_epoch, remaining_fraction
+from pipeline.search.shrink import candidate_set_epochs, choose_drops, drops_per_epoch, remaining_fraction
 from pipeline.space.ops import BINARY, UNARY
 from tests.test_fused import count_unary_calls
 from tests.train_subprocess_script import colour_task
@@ -164,31 +166,72 @@ def record_kernel_choices(monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("optimizer, changing, want", [("darts", False, (True, False)),
-                                                       ("darts", True, (False, False)),
-                                                       ("gdas", True, (False, True))])
-def test_a_candidate_set_that_will_shrink_again_is_not_compiled(optimizer, changing, want, monkeypatch):
+@pytest.mark.parametrize("optimizer, compile_kernels, want", [("darts", True, (True, False)),
+                                                              ("darts", False, (False, False)),
+                                                              ("gdas", False, (False, True))])
+def test_a_candidate_set_marked_short_lived_is_not_compiled(optimizer, compile_kernels, want, monkeypatch):
     net = small_supernet(optimizer)
-    net.cell.candidates_changing = changing
+    net.cell.compile_kernels = compile_kernels
     calls = record_kernel_choices(monkeypatch)
     with fused.using("compile"), net.cell.forward_pass():
         net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
     assert [(compiled, op_kernels) for _, compiled, op_kernels in calls] == [want]
 
 
-def test_a_shrinking_search_compiles_no_cell_kernel(monkeypatch):
+def test_candidate_set_lifetimes_run_from_one_drop_to_the_next():
+    assert candidate_set_epochs([0, 3, 0, 0, 2, 1]) == [1, 3, 3, 3, 1, 1]
+    assert candidate_set_epochs([2, 0, 1, 0]) == [2, 2, 2, 2]
+    assert candidate_set_epochs([0, 0, 0]) == [3, 3, 3]  # no shrinking: one set for the whole search
+    grafs = drops_per_epoch(50, 2, 110, 6)
+    lifetimes = candidate_set_epochs(grafs)
+    # Independently: the epochs with drops split the search into runs; every epoch gets its run's length.
+    starts = [0] + [e for e in range(1, 50) if grafs[e]] + [50]
+    assert lifetimes == [b - a for a, b in zip(starts, starts[1:]) for _ in range(b - a)]
+    assert lifetimes[:3] == [2, 2, 1] and lifetimes[48:] == [2, 2]  # drops at 2, 3, ..., 47, 48
+
+
+@pytest.mark.parametrize("min_steps", [0, 4, 10**6])
+def test_a_shrinking_search_compiles_the_candidate_sets_that_serve_compile_min_steps(min_steps, monkeypatch):
     calls = record_kernel_choices(monkeypatch)
-    cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=3, batch_size=16, device="cpu",
-                       seed=1, start_shrinking=1, bn_recalibration_batches=1)
+    # 7 epochs of 2 iterations, drops from epoch 1: sets live 1 epoch (2 iterations) early, 2 or more later.
+    cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=7, batch_size=16, device="cpu",
+                       seed=1, start_shrinking=1, bn_recalibration_batches=1, compile_min_steps=min_steps)
     with fused.using("compile"):
         result = run_search(cfg, *loaders(count=32))
-    counts = drops_per_epoch(3, 1, 2 * 5 + 3, 3)
-    assert [len(r["dropped"]) for r in result.history] == counts and counts[-1] > 0  # the last epoch drops too
-    assert result.supernet.cell.candidates_changing
-    searched = [compiled for candidates, compiled, _ in calls if max(map(len, candidates)) > 1]
-    assert searched and not any(searched)
-    # Without shrinking, the same search compiles its whole cell.
-    calls.clear()
-    with fused.using("compile"):
-        run_search(cfg.model_copy(update={"start_shrinking": None}), *loaders(count=32))
-    assert any(compiled for candidates, compiled, _ in calls if max(map(len, candidates)) > 1)
+    drops = drops_per_epoch(7, 1, 2 * 5 + 3, 3)
+    assert [len(r["dropped"]) for r in result.history] == drops
+    lifetimes = candidate_set_epochs(drops)
+    assert min(lifetimes) == 1 and max(lifetimes) >= 2  # both kinds of set in this schedule
+    want = set()
+    for epoch, record in enumerate(result.history):  # each epoch's candidate set, read off its mask
+        names = tuple(tuple(n for n, kept in record["mask"][edge].items() if kept) for edge in record["mask"])
+        if max(map(len, names)) > 1:  # single operators: also the discretized network's evaluation
+            want.add((names, lifetimes[epoch] * 2 >= min_steps))
+    got = {(candidates, compiled) for candidates, compiled, _ in calls if max(map(len, candidates)) > 1}
+    assert got == want
+    assert len({compiled for _, compiled in got}) == (2 if min_steps == 4 else 1)  # 4: some sets compiled
+
+
+@pytest.mark.slow
+def test_a_compiled_kernel_leaves_dropped_operators_out(monkeypatch, caplog):
+    """Not multiplied by a zero weight: a dropped operator that returns NaN would poison the output (0 * NaN)."""
+    net = small_supernet()
+    with torch.no_grad():
+        for edge in ("u1", "u2"):
+            net.cell.alphas[edge][OPS["unary"].index("relu")] = -5.0
+    assert dict(net.cell.drop(2)) == {"u1": "relu", "u2": "relu"}
+    nan_relu = dataclasses.replace(fused_ops.UNARY_GRADS["relu"], value=lambda t, b: torch.full_like(t.x, math.nan))
+    monkeypatch.setitem(fused_ops.UNARY_GRADS, "relu", nan_relu)
+    monkeypatch.setattr(fused, "_KERNELS", {})
+    x, site = torch.randn(2, 16, 4, 4, dtype=torch.float64), net.sites()[1]
+    with fused.using("compile"), net.cell.forward_pass(), caplog.at_level(logging.WARNING):
+        got = site(x)
+    assert "failed" not in caplog.text  # compiled, not the eager fallback
+    (spec,) = [static[0] for kind, static in fused._KERNELS if kind == "forward"]
+    assert spec.candidates[:2] == (net.cell.active("u1"), net.cell.active("u2"))
+    assert torch.isfinite(got).all()
+    with fused.using("eager"), net.cell.forward_pass():
+        assert torch.allclose(got, site(x), rtol=1e-10, atol=1e-12)  # eager: checked by hand above
+    net.cell.set_active("u1", OPS["unary"])  # relu back in: the poison shows
+    with fused.using("eager"), net.cell.forward_pass():
+        assert torch.isnan(site(x)).all()

@@ -17,8 +17,8 @@ Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
   a compile costs 5-60 s on a 2-core CPU, more than a few small steps gain). Compiled means one kernel for the
   whole cell when its operators are fixed for the run (DARTS, DrNAS, a genotype), and for GDAS, whose cell
   changes every step, the cell run eagerly with one compiled kernel per operator (compiled the first time the
-  operator is drawn, ~1 s each, reused from then on); a search with progressive shrinking runs its cells
-  eagerly (see `fused_cell`).
+  operator is drawn, ~1 s each, reused from then on); a search with progressive shrinking compiles only the
+  candidate sets that serve `search.compile_min_steps` iterations or more and runs the others eagerly.
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
 Compiled kernels are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR), so a second process compiles in a
 fraction of the time. A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
@@ -255,10 +255,9 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     single candidate of weight 1) and one beta tensor or None per candidate. `compile_as`, when the mode compiles:
     "cell", one kernel for the whole cell, for a cell called for many steps (DARTS, DrNAS, a genotype);
     "operator", the cell run eagerly with one compiled kernel per operator, reused by every cell (GDAS's sample,
-    which changes every step); "none", eager (the candidate sets of a search with progressive shrinking, which
-    live an epoch or a few: measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s
-    eager, 273 s with operator kernels and 278 s with cell kernels, the compilations costing more than they
-    save)."""
+    which changes every step); "none", eager (the short-lived candidate sets of a search with progressive
+    shrinking: measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s eager, 273 s
+    with operator kernels and 278 s with cell kernels, the compilations costing more than they save)."""
     if compile_as not in COMPILE_AS:
         raise ValueError(f"compile_as must be one of {COMPILE_AS}, got {compile_as!r}")
     graph, result = _graph(space)
@@ -291,6 +290,6 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
         candidates.append(names)
         ws.append(w)
         betas.append([site.beta(edge, name) for name in names])
-    # A candidate set of a shrinking search serves an epoch or a few: not worth compiling.
-    compile_as = "operator" if hard else "none" if cell.candidates_changing else "cell"
+    # A short-lived candidate set of a shrinking search runs eagerly: its kernel would not pay for its compilation.
+    compile_as = "operator" if hard else "cell" if cell.compile_kernels else "none"
     return fused_cell(cell.space, candidates, ws, betas, x, compile_as=compile_as)

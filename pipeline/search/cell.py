@@ -82,9 +82,10 @@ class SearchCell(nn.Module):
         for edge, names in self.candidates.items():
             self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
         self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
-        # True in a search with progressive shrinking (set by the search loop): each candidate set lives for an
-        # epoch or a few, so the fused cell runs eagerly instead of compiling a kernel for every set.
-        self.candidates_changing = False
+        # Whether the fused cell may compile a kernel for the current candidate set (when the fused mode compiles
+        # at all). The search loop clears it for the candidate sets of progressive shrinking that serve fewer
+        # than `compile_min_steps` iterations: their kernels would cost more to compile than they save.
+        self.compile_kernels = True
         self._refresh_active()
         # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())

@@ -78,6 +78,9 @@ class SearchSettings(BaseModel):
                                                        "plain ReLU (the arch step runs on the mixed cell)")
     start_shrinking: Optional[int] = Field(None, ge=0, description="GRAFS: epoch (from 0) of the first operator drop "
                                                                    "of progressive shrinking; null: no shrinking")
+    compile_min_steps: int = Field(200, ge=0, description="progressive shrinking: a candidate set serving fewer "
+                                   "search iterations runs its fused cell eagerly instead of compiling kernels for it "
+                                   "(0: compile every set; without shrinking the one set serves the whole search)")
     bn_recalibration_batches: int = Field(10, ge=0, description="training batches that re-estimate BatchNorm before "
                                                                 "the discretized network is measured; 0: none")
     select: Literal["best", "last"] = Field("last", description="the supernet of the epoch whose discretized network "
