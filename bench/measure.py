@@ -238,8 +238,8 @@ class Bench:
 
     def shrunk_search_record(self, network: str, variant: str, fraction: float) -> list[dict]:
         """A search iteration of a supernet after `fraction` of its progressive-shrinking drops (0.5, 0.9), run as
-        a shrinking search runs it: the fused cell eagerly (a kernel per candidate set would not pay for its
-        compilation), with the remaining candidates only, so it should cost less as the set shrinks."""
+        a shrinking search runs a short-lived candidate set: the fused cell eagerly (its kernels would not pay for
+        their compilation), with the remaining candidates only, so it should cost less as the set shrinks."""
         x, y = self.batch(self.args.batch)
         model = self.training_step(network, variant, x, y)[0]
         cell = model.cell

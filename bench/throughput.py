@@ -8,7 +8,8 @@ clipping, SGD step, alphas frozen, betas trained); retraining of discretized fun
 x*sigmoid(x) (identity/identity/sigmul) and max(x,0)+beta (relu/const/add). Also, on the search network: one full
 search iteration (architecture step + weight step at the search batch size), the same after 50% and 90% of
 progressive shrinking's drops (darts-simple, drnas-complex: the fused cell run eagerly for the remaining
-candidates, as a shrinking search runs it), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
+candidates, as a shrinking search runs its short-lived candidate sets; bench/shrinking.py compares eager with
+compiled along a whole schedule), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
 spent loading and augmenting a batch.
 
 Method
