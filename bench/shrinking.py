@@ -38,7 +38,7 @@ from bench.measure import SEARCH_BATCH, Bench  # noqa: E402
 from pipeline.kernels import fused  # noqa: E402
 from pipeline.search.architect import Architect  # noqa: E402
 from pipeline.search.loop import SearchConfig, _weight_step, build_supernet  # noqa: E402
-from pipeline.search.shrink import candidate_set_epochs, drops_per_epoch  # noqa: E402
+from pipeline.search.shrink import drops_per_epoch, sets_to_compile  # noqa: E402
 from pipeline.training.metrics import MetricAccumulator  # noqa: E402
 
 # (name, epochs, iterations per epoch, start_shrinking, warmstart_epochs)
@@ -127,7 +127,7 @@ def price(records: list[dict], epochs: int, steps: int, start: int, warm: int, c
     droppable_total = records[0]["candidates"] - records[-1]["candidates"]
     edges = records[-1]["candidates"]
     drops = drops_per_epoch(epochs, start, droppable_total + edges, edges)
-    lifetimes = candidate_set_epochs(drops)
+    compiled_sets = sets_to_compile(drops, steps, compile_min_steps) if compile_min_steps is not None else None
     fractions = [r["fraction"] for r in records]
 
     def at(key, fraction):
@@ -136,7 +136,7 @@ def price(records: list[dict], epochs: int, steps: int, start: int, warm: int, c
     ratios, total, done = [], 0.0, 0
     for epoch in range(epochs):
         fraction = (done := done + drops[epoch]) / droppable_total
-        compiled = compile_min_steps is not None and lifetimes[epoch] * steps >= compile_min_steps
+        compiled = compiled_sets is not None and compiled_sets[epoch]
         mode = "compiled" if compiled else "eager"
         weight = at("relu_weight_step_s", fraction) if epoch < warm else at(f"weight_{mode}_s", fraction)
         seconds = steps * (at(f"arch_{mode}_s", fraction) + weight)

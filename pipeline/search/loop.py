@@ -38,7 +38,7 @@ from pipeline.search.architect import Architect
 from pipeline.search.cell import Supernet
 from pipeline.search.evaluation import evaluate_discretized, evaluate_supernet, selection_score
 from pipeline.search.select import SELECTIONS, select_genotype
-from pipeline.search.shrink import candidate_set_epochs, drops_per_epoch, remaining_fraction
+from pipeline.search.shrink import drops_per_epoch, remaining_fraction, sets_to_compile
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.space.genotype import Genotype
@@ -100,7 +100,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     drops = drops_per_epoch(cfg.epochs, cfg.start_shrinking, sum(len(n) for n in cell.candidates.values()),
                             len(cell.candidates))
     # Compile a candidate set's kernels only if the set serves enough iterations to pay for them (eager otherwise).
-    compile_sets = [epochs * len(train_loader) >= cfg.compile_min_steps for epochs in candidate_set_epochs(drops)]
+    compile_sets = sets_to_compile(drops, len(train_loader), cfg.compile_min_steps)
     history: list[dict] = []
     skipped, start_epoch = 0, 0
     best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take

@@ -47,6 +47,12 @@ def candidate_set_epochs(drops: Sequence[int]) -> list[int]:
     return lifetimes
 
 
+def sets_to_compile(drops: Sequence[int], steps_per_epoch: int, min_steps: int) -> list[bool]:
+    """Per epoch: whether its candidate set serves at least `min_steps` iterations (`search.compile_min_steps`),
+    so compiling its kernels pays."""
+    return [epochs * steps_per_epoch >= min_steps for epochs in candidate_set_epochs(drops)]
+
+
 def choose_drops(weights: Mapping[str, Sequence[float]], masks: Mapping[str, Sequence[bool]],
                  count: int) -> list[tuple[str, int]]:
     """`count` drops as (edge, candidate index), in order. `weights[edge][k]` is candidate k's operator weight
