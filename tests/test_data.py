@@ -5,7 +5,6 @@ import os
 import pickle
 import tarfile
 import time
-import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image
 import pipeline.data.cifar as data_module
 from pipeline.data.augment import CIFAR10_MEAN, CIFAR10_STD, BatchLoader
 from pipeline.data.cifar import DataError, balanced_subset, load_cifar10, split_indices
+from pipeline.data.sources import HOW_TO_FIX
 
 # Deliberately not alphabetical, so the test sees the loader sort them into label order.
 CLASSES = ("truck", "airplane", "ship", "bird", "horse", "cat", "frog", "deer", "dog", "automobile")
@@ -257,18 +257,14 @@ def test_wrong_image_size_is_named(tmp_path):
     expect_error(tmp_path / "src", tmp_path / "cache", "cifar10/test/ship/0000.png", "31x32", "32x32")
 
 
-def test_offline_torchvision_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
-    import torchvision.datasets.cifar as tv_cifar
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+def test_a_missing_source_says_how_to_get_the_data_and_no_longer_offers_torchvision(tmp_path):
     with pytest.raises(DataError) as caught:
-        load_cifar10("torchvision", tmp_path / "cache", download_root=tmp_path / "downloads")
+        load_cifar10("torchvision", tmp_path / "cache")  # once a download keyword; now just a missing path
     message = str(caught.value)
-    for fragment in (tv_cifar.CIFAR10.url, str(tmp_path / "downloads"), "data.source", "cifar10-jpeg.tar.gz"):
+    assert "does not exist" in message
+    for fragment in ("data.source", "URL of the original CIFAR-10", "cifar-10-batches-py", "ACTSEARCH_CIFAR10"):
         assert fragment in message
+    assert "torchvision" not in HOW_TO_FIX
 
 
 # ------------------------------------------------------------------------------------------ splits, subsets

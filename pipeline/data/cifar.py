@@ -1,7 +1,7 @@
 """CIFAR-10 loading with a decoded-tensor cache, and deterministic splits and subsets.
 
-load_cifar10 accepts what data.source in params.yaml may name: 'torchvision' (download), a cifar-10-batches-py
-folder, an image-folder tree, or an archive of one (see pipeline.data.sources). Decoding 60,000 JPEGs takes a while,
+load_cifar10 reads a local copy: what the download stage leaves in data/raw (the original archive), a
+cifar-10-batches-py folder, an image-folder tree, or an archive of one (see pipeline.data.sources). Decoding 60,000 JPEGs takes a while,
 so the decoded tensors are cached in one file per source and reused while the source is unchanged.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import urllib.error
 import warnings
 from pathlib import Path
 
@@ -25,11 +24,10 @@ __all__ = ["CifarData", "DataError", "balanced_subset", "load_cifar10", "split_i
 CACHE_FORMAT_VERSION = 1
 
 
-def load_cifar10(source: str | Path, cache_dir: str | Path, download_root: str | Path | None = None) -> CifarData:
+def load_cifar10(source: str | Path, cache_dir: str | Path) -> CifarData:
     """Load CIFAR-10 from source, decoding it once and then reading the cache in cache_dir.
 
-    source: 'torchvision' (downloads into download_root, default <cache_dir>/torchvision), a folder that is or
-    holds cifar-10-batches-py, a folder of train/<class>/* and test/<class>/* (optionally one level down),
+    source: a folder that is or holds cifar-10-batches-py, a folder of train/<class>/* and test/<class>/* (optionally one level down),
     or a .tar.gz/.tgz/.tar/.zip archive of such a folder. Raises DataError, before any long work where it can.
     """
     cache_dir = Path(cache_dir).expanduser().resolve()
@@ -38,8 +36,7 @@ def load_cifar10(source: str | Path, cache_dir: str | Path, download_root: str |
     except OSError as error:
         raise DataError(f"cannot create the data cache folder {cache_dir} ({error}); set data.cache_dir "
                         f"in params.yaml to a writable folder") from None
-    root = Path(download_root) if download_root is not None else cache_dir / "torchvision"
-    path = locate_source(source, root)
+    path = locate_source(source)
     fingerprint = source_fingerprint(path)
     cache_file = cache_dir / f"cifar10-{hashlib.sha256(str(path).encode()).hexdigest()[:16]}.pt"
     data = read_cache(cache_file, fingerprint)
@@ -49,10 +46,8 @@ def load_cifar10(source: str | Path, cache_dir: str | Path, download_root: str |
     return data
 
 
-def locate_source(source: str | Path, download_root: Path) -> Path:
-    """Turn data.source into the path to read (downloading first for 'torchvision'); check that it exists."""
-    if str(source) == "torchvision":
-        return download_with_torchvision(download_root)
+def locate_source(source: str | Path) -> Path:
+    """Turn a local source into the path to read; check that it exists and is a form read_source knows."""
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"data source {path} does not exist; {HOW_TO_FIX}")
@@ -61,24 +56,6 @@ def locate_source(source: str | Path, download_root: Path) -> Path:
     if path.is_dir() and (path / BATCHES_FOLDER).is_dir():
         return path / BATCHES_FOLDER
     return path
-
-
-def download_with_torchvision(root: Path) -> Path:
-    """Download (or verify an earlier download of) CIFAR-10 into root; return its cifar-10-batches-py folder."""
-    from torchvision.datasets import CIFAR10
-
-    root = Path(root).expanduser().resolve()
-    try:
-        # train=False: the constructor then unpickles only the small test batch; download() fetches all of it.
-        CIFAR10(str(root), train=False, download=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as error:
-        raise DataError(
-            f"could not download CIFAR-10 from {CIFAR10.url} into {root} ({error}); without internet access, "
-            f"set data.source in params.yaml to a local copy instead: a cifar-10-batches-py folder, or an "
-            f"archive or folder of train/<class>/*.jpg and test/<class>/*.jpg such as "
-            f"../shared/data/cifar10-jpeg.tar.gz"
-        ) from error
-    return root / BATCHES_FOLDER
 
 
 def source_fingerprint(path: Path) -> str:

@@ -29,9 +29,9 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META_FILE = "batches.meta"
 HOW_TO_FIX = (
-    "set data.source in params.yaml to a folder or archive holding train/<class>/*.jpg and test/<class>/*.jpg "
-    "(such as ../shared/data/cifar10-jpeg.tar.gz), to a cifar-10-batches-py folder, "
-    "or to 'torchvision' with internet access"
+    "set data.source in params.yaml to the URL of the original CIFAR-10 python archive (the download stage fetches "
+    "it) or to a local copy: a cifar-10-batches-py folder, or a folder or archive holding train/<class>/*.jpg and "
+    "test/<class>/*.jpg; offline, export ACTSEARCH_CIFAR10=/path/to/copy"
 )
 
 
