@@ -19,6 +19,7 @@ from pipeline.data.augment import BatchLoader
 from pipeline.training.checkpoint import CheckpointError
 from pipeline.study.config import Params, ParamsError, load_params, search_stage_suffix, searched_name
 from pipeline.data.cifar import DataError
+from pipeline.search.skips import SearchDiverged
 from pipeline.study.preflight import PreflightError, check_free_space
 from pipeline.study.records import flatten
 from pipeline.study.tracking import StageRun
@@ -31,7 +32,7 @@ SEARCH_SPLIT = ROOT / "data" / "prepared" / "search_split.pt"
 RESULTS = ROOT / "results"
 # Resume state lives outside the DVC outputs: DVC deletes a stage's declared outputs before running it.
 CHECKPOINTS = ROOT / "checkpoints"
-USER_ERRORS = (ParamsError, DataError, TrackingError, CheckpointError, PreflightError)
+USER_ERRORS = (ParamsError, DataError, TrackingError, CheckpointError, PreflightError, SearchDiverged)
 
 log = logging.getLogger("stages")
 

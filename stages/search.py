@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
         last = result.history[-1]
         summary = {"optimizer": args.optimizer, "space": args.space, "seed": args.seed, "network": cfg.network,
                    "genotype": result.genotype.to_dict(), "formula": result.genotype.formula(),
-                   "skipped_steps": result.skipped_steps, "epochs": cfg.epochs,
+                   "skipped_steps": result.skipped_steps, "steps": result.steps, "epochs": cfg.epochs,
                    "final": {key: last[key] for key in ("train_top1", "train_top5", "val_loss", "val_top1",
                                                         "val_top5", "discretized_val_top1", "discretized_val_top5")},
                    "select": cfg.select, "selection": cfg.selection, "selected_epoch": result.selected_epoch,

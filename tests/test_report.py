@@ -67,6 +67,7 @@ def results(tmp_path):
                                      "b1": {"add": 0.6 - 0.1 * e, "mul": 0.4 + 0.1 * e}},
                 "entropy": {"u1": 0.9, "u2": 1.0, "b1": 0.95 - 0.1 * e}} for e in (1, 2)]
     write_json(root / "search" / "darts-simple" / "history.json", history)
+    write_json(root / "search" / "darts-simple" / "summary.json", {"skipped_steps": 3, "steps": 480})
     return root
 
 
@@ -138,6 +139,17 @@ def test_write_report_writes_table_metric_and_figures(results, tmp_path):
     assert summary["activations"]["boom"] == {"top1": None, "vs_relu": None, "p_vs_relu": None,
                                               "verdict": "failed 2/2", "failures": 4, "seeds": 4, "rank": 4}
     assert summary["searches"] == {"darts-simple": {"search_seeds": 1, "within_1_point_of_relu": 0}}
+    # The search's skipped steps reach the metric, results.csv and results.md (issue 24: they were never shown).
+    assert summary["activations"]["darts-simple"]["skipped_steps"] == 3
+    assert "skipped_steps" not in summary["activations"]["relu"]
+    searched = table.set_index("activation").loc["darts-simple"]
+    assert (searched["search_skipped_steps"], searched["search_steps"]) == (3, 480)
+    markdown = (reports / "results.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| rank |")).split(" | ")
+    row = next(line for line in markdown.splitlines() if line.startswith("| 2 | darts-simple |")).split(" | ")
+    relu = next(line for line in markdown.splitlines() if line.startswith("| 1 | relu |")).split(" | ")
+    column = header.index("skipped search steps")
+    assert (row[column], relu[column]) == ("3/480", "n/a")
     assert "the searched activation" in table.set_index("activation").loc["boom", "equivalence"]  # 1000*x: affine
     figures = reports / "figures"
     expected = ["activations.png", "search_vs_retrained.png", "rank_transfer.png", "search_val_top1.png",

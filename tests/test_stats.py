@@ -61,6 +61,7 @@ def write_results(root, top1=TOP1, networks=NETWORKS):
                     "entropy": {"b1": 1.0}} for e in (1, 2)]
         (root / "search" / name).mkdir(parents=True)
         (root / "search" / name / "history.json").write_text(json.dumps(history))
+        (root / "search" / name / "summary.json").write_text(json.dumps({"skipped_steps": 0, "steps": 100}))
     return root
 
 
@@ -178,7 +179,7 @@ def test_report_summary_has_headline_numbers_only_and_readable_formulas(tmp_path
     assert summary["network"] == "resnet56"
     assert summary["activations"]["gdas-simple"] == {
         "top1": 99.0, "vs_relu": round(99.0 - (92.0 + 92.3 + 92.1) / 3, 3),
-        "p_vs_relu": None, "verdict": "failed 1/3", "failures": 1, "seeds": 9, "rank": 5}
+        "p_vs_relu": None, "verdict": "failed 1/3", "failures": 1, "seeds": 9, "rank": 5, "skipped_steps": 0}
     assert summary["searches"] == {"darts-simple": {"search_seeds": 2, "within_1_point_of_relu": 2},
                                    "gdas-simple": {"search_seeds": 1, "within_1_point_of_relu": 0}}
     markdown = (tmp_path / "reports" / "results.md").read_text()

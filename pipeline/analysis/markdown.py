@@ -17,7 +17,8 @@ INTRO = (
     "{network}. Verdicts: Welch's t-test of top-1 on {network} against ReLU and Swish, p-values Holm-corrected "
     "over {tests} (family-wise error {alpha}); the difference is shown as mean ± the "
     "half-width of its 95% confidence interval (Welch-Satterthwaite). n = 1 cannot be tested: too few seeds. "
-    "Supernet and discretized val top-1 are measured on the search's architecture split. Time/epoch vs ReLU "
+    "Supernet and discretized val top-1 are measured on the search's architecture split; skipped search steps are "
+    "those whose loss or gradients were not finite (not applied). Time/epoch vs ReLU "
     "leaves out the first epoch (compilation, warm-up).")
 
 
@@ -43,6 +44,13 @@ def accuracy_cell(row, network: str) -> str:
     return f"{mean:.2f}{spread} (n={ok}{note})"
 
 
+def _skipped(row) -> str:
+    """A searched function's skipped (non-finite) search steps out of all its search steps."""
+    if math.isnan(row["search_skipped_steps"]):
+        return "n/a"
+    return f"{int(row['search_skipped_steps'])}/{int(row['search_steps'])}"
+
+
 def _best_vs_relu(search) -> str:
     """The best function's difference to ReLU, unless it failed: survivors alone would flatter it."""
     if search["best_failures"]:
@@ -62,7 +70,7 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                                   if _tests(table) else "the testable comparisons (none here: two seeds or more needed)"), ""]
     columns = ["rank", "activation", "origin", "formula"] + [f"{n} top-1" for n in ordered] + [
         "failed", f"verdict vs ReLU ({network})", f"verdict vs Swish ({network})", "time/epoch vs ReLU",
-        "supernet val top-1", "discretized val top-1", "equivalence"]
+        "supernet val top-1", "discretized val top-1", "skipped search steps", "equivalence"]
     lines += _header(columns)
     for _, row in table.iterrows():
         lines.append(_row([row["rank"], row["activation"], row["origin"], f"`{row['formula']}`"]
@@ -70,7 +78,7 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                           + [f"{row['failures']}/{row['seeds']}", row[f"{network}_verdict_vs_relu"],
                              row[f"{network}_verdict_vs_swish"], _num(row[f"{network}_time_rel_relu"]),
                              _num(row["supernet_val_top1"]), _num(row["discretized_val_top1"]),
-                             row["equivalence"]]))
+                             _skipped(row), row["equivalence"]]))
     if len(ordered) > 1:
         start, end = transfer.attrs["from"], transfer.attrs["to"]
         lines += ["", "## Rank transfer", "",

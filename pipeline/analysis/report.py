@@ -80,6 +80,8 @@ def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.D
             "p_vs_relu": _finite(row[f"{network}_vs_relu_p_holm"], 5),
             "verdict": row[f"{network}_verdict_vs_relu"], "failures": int(row["failures"]),
             "seeds": int(row["seeds"]), "rank": int(row["rank"])}
+        if not math.isnan(row["search_skipped_steps"]):  # searched functions: steps their search skipped
+            activations[row["activation"]]["skipped_steps"] = int(row["search_skipped_steps"])
     summary = {"network": network, "activations": activations}
     if len(searches):
         summary["searches"] = {f"{s['optimizer']}-{s['space']}": {
@@ -161,6 +163,10 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     runs = read_runs(results, list(origins), networks, seeds)
     searched = [name for name, origin in origins.items() if origin == "searched"]
     discretized = {name: _read_json(results / "discretize" / name / "discretize.json") for name in searched}
+    for name in searched:  # the search's skipped (non-finite) steps go into the table beside its numbers
+        search = _read_json(results / "search" / name / "summary.json")
+        discretized[name] = {**discretized[name], "search_skipped_steps": search["skipped_steps"],
+                             "search_steps": search["steps"]}
     genotypes = {name: _genotype(results / "discretize" / name / "genotype.json") for name in searched}
     for name, origin in origins.items():
         if origin != "searched":

@@ -2,7 +2,9 @@
 
 Per iteration: the relaxation draws its sample (GDAS: one Gumbel sample reused by both steps); the architect
 updates alphas on a validation batch; then the network weights take an SGD step on a training batch, with the
-alphas frozen. A step whose loss or gradients are not finite is skipped and counted, never applied. Every epoch
+alphas frozen. A step whose loss or gradients are not finite is skipped and counted, never applied, and the
+BatchNorm statistics its forward pass moved are put back (`pipeline.search.skips`); above a fraction of skipped
+steps (`MAX_SKIPPED_FRACTION`) the search fails with `SearchDiverged`. Every epoch
 records losses, top-1/top-5, operator weights and their entropy, the argmax genotype and its formula, the betas
 and the temperature; a checkpoint after every epoch lets a killed search resume exactly where it stopped.
 
@@ -39,6 +41,7 @@ from pipeline.search.cell import Supernet
 from pipeline.search.evaluation import evaluate_discretized, evaluate_supernet, selection_score
 from pipeline.search.select import SELECTIONS, select_genotype
 from pipeline.search.shrink import drops_per_epoch, remaining_fraction, sets_to_compile
+from pipeline.search.skips import MAX_SKIPPED_FRACTION, BatchNormGuard, check_skipped
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.space.genotype import Genotype
@@ -57,6 +60,7 @@ class SearchResult:
     supernet: Supernet = field(repr=False)  # as it was at the selected epoch
     selected_epoch: int = 0  # 1-based, as in the records
     perturbation_scores: dict = field(default_factory=dict)  # selection "perturbation": per edge and operator
+    steps: int = 0  # weight and architecture steps taken, skipped ones included
 
 
 def build_supernet(cfg: SearchConfig) -> Supernet:
@@ -85,7 +89,8 @@ def _epoch_record(supernet: Supernet, epoch: int) -> dict:
 
 
 def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: Optional[Path] = None,
-               on_epoch: Optional[Callable[[dict], None]] = None, progress: bool = False) -> SearchResult:
+               on_epoch: Optional[Callable[[dict], None]] = None, progress: bool = False,
+               max_skipped_fraction: float = MAX_SKIPPED_FRACTION) -> SearchResult:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
     supernet = build_supernet(cfg).to(device)
@@ -102,7 +107,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     # Compile a candidate set's kernels only if the set serves enough iterations to pay for them (eager otherwise).
     compile_sets = sets_to_compile(drops, len(train_loader), cfg.compile_min_steps)
     history: list[dict] = []
-    skipped, start_epoch = 0, 0
+    skipped, steps, start_epoch = 0, 0, 0
     best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take
     fingerprint = config_fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
     state = load_checkpoint(checkpoint_path, {"fingerprint": fingerprint}) if checkpoint_path else None
@@ -113,9 +118,11 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
         architect.load_state_dict(state["architect"])
         supernet.relaxation.load_state_dict(state["relaxation"])
         history, skipped, start_epoch, best = state["history"], state["skipped_steps"], state["epoch"], state["best"]
+        steps = state["steps"]
         set_rng_state(state["rng"])
         log.warning("resuming search from epoch %d (checkpoint %s)", start_epoch, checkpoint_path)
 
+    batchnorm = BatchNormGuard(supernet)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         dropped = cell.drop(drops[epoch])
@@ -131,23 +138,32 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
         for (x, y), (xv, yv) in zip(train_loader, _cycle(val_loader)):
             supernet.relaxation.resample(cell.alpha_dict())
             if search_arch:  # always on the mixed cell, warm start or not
+                batchnorm.save()
                 arch_loss = architect.step(xv, yv, x, y, weight_lr=lr, weight_decay=cfg.weight_decay)
+                steps += 1
                 if arch_loss is None:
+                    batchnorm.restore()
                     skipped += 1
                 else:
                     arch_losses.append(arch_loss)
             cell.warm_relu = warm
             try:
-                skipped += not _weight_step(supernet, optimizer, x, y, cfg, device, train_acc)
+                batchnorm.save()
+                steps += 1
+                if not _weight_step(supernet, optimizer, x, y, cfg, device, train_acc):
+                    batchnorm.restore()
+                    skipped += 1
             finally:
                 cell.warm_relu = False
+        check_skipped(skipped, steps, epoch + 1, max_skipped_fraction)
         scheduler.step()
         val = evaluate_supernet(supernet, val_loader, device, cfg.amp)
         record = _epoch_record(supernet, epoch + 1)
         discrete = evaluate_discretized(supernet, Genotype.from_dict(record["genotype"]), train_loader, val_loader,
                                         device, cfg.bn_recalibration_batches, cfg.amp)
         train = train_acc.result()
-        record |= {"lr": lr, "skipped_steps": skipped, "warm_start": warm, "dropped": [f"{e}.{n}" for e, n in dropped],
+        record |= {"lr": lr, "skipped_steps": skipped, "steps": steps, "warm_start": warm,
+                   "dropped": [f"{e}.{n}" for e, n in dropped],
                    "train_loss": train["loss"], "train_top1": train["top1"], "train_top5": train["top5"],
                    "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                    "discretized_val_loss": discrete["loss"], "discretized_val_top1": discrete["top1"],
@@ -165,7 +181,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
                 "fingerprint": fingerprint, "epoch": epoch + 1, "model": supernet.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "architect": architect.state_dict(), "relaxation": supernet.relaxation.state_dict(),
-                "history": history, "skipped_steps": skipped, "best": best, "rng": rng_state()})
+                "history": history, "skipped_steps": skipped, "steps": steps, "best": best, "rng": rng_state()})
         if on_epoch:
             on_epoch(record)
     selected_epoch = cfg.epochs
@@ -174,7 +190,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
         selected_epoch = best["epoch"]
     genotype, scores = select_genotype(supernet, cfg.selection, lambda net: selection_score(net, val_loader, device,
                                                                                               cfg.seed, cfg.amp))
-    return SearchResult(genotype, history, skipped, supernet, selected_epoch, scores)
+    return SearchResult(genotype, history, skipped, supernet, selected_epoch, scores, steps)
 
 
 def _cycle(loader):
