@@ -30,28 +30,45 @@ def numbers_only(tree: dict) -> dict:
     return kept
 
 
-def register_best_searched(mlflow_run, summary: dict, origins: dict, network: str, seeds, name: str) -> None:
-    """Register the retrained network of the best searched activation (mean top-1 on `network`, its best seed)
-    in the MLflow Model Registry, with its formula, numbers and verdict as tags."""
-    ranked = [(entry[network]["top1_mean"], activation) for activation, entry in summary.items()
-              if origins.get(activation) == "searched" and entry[network].get("top1_mean") is not None]
+class RegistrationError(RuntimeError):
+    """The best searched network cannot be registered although the study says it trained normally."""
+
+
+def register_best_searched(mlflow_run, summary: dict, origins: dict, seeds, name: str) -> str | None:
+    """Register the retrained network of the best searched activation (mean top-1 on the summary's ranking
+    network, its best seed) in the MLflow Model Registry, with its formula, numbers and verdict as tags; returns
+    the registered version (None with MLflow off, or when no searched activation trained normally).
+    `summary` is write_report's: {"network": ..., "activations": {name: {"top1": ..., "verdict": ...}}, ...}."""
+    network, activations = summary["network"], summary["activations"]
+    searched = [activation for activation, origin in origins.items() if origin == "searched"]
+    missing = [activation for activation in searched if activation not in activations]
+    if missing:  # the report and the study disagree: registering anything would be a guess
+        raise RegistrationError(f"the report has no row for the searched activations {missing}; rerun "
+                                f"`dvc repro aggregate`")
+    ranked = [(activations[a]["top1"], a) for a in searched if activations[a]["top1"] is not None]
     if not ranked:
-        log.info("no searched activation trained normally on %s: nothing to register", network)
-        return
+        if searched:
+            log.warning("no searched activation trained normally on %s: nothing to register", network)
+        return None
     activation = max(ranked)[1]
+    if not mlflow_run.enabled:
+        log.info("MLflow is off (study.mlflow): %s, the best searched activation, is not registered", activation)
+        return None
     runs = [json.loads((RESULTS / "evaluate" / activation / network / f"seed{seed}" / "metrics.json").read_text())
             for seed in seeds]
     best = max((run for run in runs if run["status"] == "ok" and run.get("model_uri")),
                key=lambda run: run["test_top1"], default=None)
     if best is None:
-        return
-    entry = summary[activation]
+        raise RegistrationError(f"{activation} ranks best among the searched activations on {network}, yet none of "
+                                f"its seeds {list(seeds)} has a normal run with a logged model (metrics.json "
+                                f"model_uri); rerun its evaluate stages with MLflow on (dvc repro -f)")
+    entry = activations[activation]
     tags = {"activation": activation, "formula": best["formula"], "network": network, "seed": best["seed"],
-            "test_top1": best["test_top1"], "top1_mean": entry[network]["top1_mean"],
-            "verdict": entry.get("verdict", entry[network].get("verdict"))}
+            "test_top1": best["test_top1"], "top1_mean": entry["top1"], "verdict": entry["verdict"]}
     version = mlflow_run.register_model(best["model_uri"], name, tags)
     log.info("registered %s (%s on %s, seed %s) as MLflow model %s version %s", activation, best["formula"],
              network, best["seed"], name, version)
+    return version
 
 
 def main(argv: list[str]) -> None:
@@ -70,8 +87,10 @@ def main(argv: list[str]) -> None:
         for file in ("results.csv", "results.md", "summary.json"):
             mlflow_run.log_artifact(REPORTS / file)
         mlflow_run.log_artifact(REPORTS / "figures")
-        register_best_searched(mlflow_run, summary, origins, networks[-1], seeds,
-                               f"{params.study.experiment}-best-searched")
+        try:
+            register_best_searched(mlflow_run, summary, origins, seeds, f"{params.study.experiment}-best-searched")
+        except RegistrationError as error:
+            raise SystemExit(f"error: {error}") from None
         log.info("results table:\n%s", (REPORTS / "results.md").read_text())
 
 

@@ -178,7 +178,7 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     assert {a.path for a in client.list_artifacts(relu.info.run_id)} >= {"history.csv", "genotype.json",
                                                                           "metrics.json"}
     check_logged_model(project, relu.data.tags["network"], relu.data.tags["seed"])
-    check_registered_best(project, experiment, runs["aggregate"].info.run_id)
+    check_registered_best(project, experiment, [f"{o}-{s}-s{seed}" for o, s, seed in search_runs])
 
     aggregate = runs["aggregate"]
     assert {a.path for a in client.list_artifacts(aggregate.info.run_id)} >= {"results.csv", "results.md",
@@ -209,18 +209,22 @@ def check_logged_model(project: Path, network: str, seed: str) -> None:
         assert torch.equal(loaded(images), saved.eval()(images))
 
 
-def check_registered_best(project: Path, experiment: str, aggregate_run_id: str) -> None:
-    """The best searched activation that trained normally is registered with its tags (none if none did)."""
+def check_registered_best(project: Path, experiment: str, searched: list[str]) -> None:
+    """The registry holds the model the report names: the searched activation with the best mean top-1 on the
+    ranking network in summary.json (none registered only if no searched activation trained normally)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     summary = json.loads((project / "reports" / "summary.json").read_text())
     versions = client.search_model_versions(f"name = '{experiment}-best-searched'")
-    trained = [name for name, entry in summary.items() if "-" in name and name != "exploding"
-               and any(isinstance(v, dict) and v.get("top1_mean") is not None for v in entry.values())]
+    trained = {name: summary["activations"][name]["top1"] for name in searched
+               if summary["activations"][name]["top1"] is not None}
     if not trained:
         assert not versions
         return
-    assert len(versions) == 1
+    best = max(trained, key=trained.get)
+    assert len(versions) == 1, versions
     tags = versions[0].tags
-    assert tags["activation"] in trained and tags["formula"] and float(tags["test_top1"]) > 0
+    assert (tags["activation"], tags["network"]) == (best, summary["network"]), (tags, summary)
+    assert float(tags["top1_mean"]) == pytest.approx(trained[best], abs=1e-3)
+    assert tags["formula"] and float(tags["test_top1"]) > 0
