@@ -50,7 +50,3 @@ def test_poster_shift_and_constant_start_at_one_as_in_the_original():
     assert torch.equal(at_init(UNARY["shift"], GRID), GRID + 1.0)
     assert torch.equal(at_init(UNARY["const"], GRID), torch.ones_like(GRID))
 
-
-def test_set_sizes_are_those_documented():
-    sizes = {name: (len(u), len(b)) for name, (u, b) in OP_SETS.items()}
-    assert sizes == {"poster": (18, 7), "ramachandran": (25, 10), "grafs": (23, 9)}

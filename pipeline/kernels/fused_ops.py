@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.kernels import fast_math
-from pipeline.space.ops import _X_CUBE, _X_EXP, _X_HYP, _X_SQUARE, BOUND, EPS, fast_asinh, fast_cosh, fast_sinc, fast_sinh
+from pipeline.space.ops import (_X_CUBE, _X_CUBE_B20, _X_EXP, _X_EXP_B20, _X_FACTOR, _X_HYP, _X_HYP_B20, _X_SQUARE,
+                                _X_SQUARE_B20, EPS, LEGACY_BOUND, SQRT_FLOOR, BOUND, fast_asinh, fast_cosh, fast_sinc,
+                                fast_sinh)
 
 Tensor = torch.Tensor
 Deriv = Union[Tensor, float]
@@ -113,33 +115,42 @@ class BinaryGrad:
     dbeta_reads_input: bool = True
 
 
-def _exp_clipped(t: Terms) -> Tensor:  # exp(min(x, _X_EXP))
+def _exp_clipped(t: Terms, limit: float = _X_EXP) -> Tensor:  # exp(min(x, limit))
     def make():
-        if _compiled():  # exp is monotonic; the shared exp is exact here as _X_EXP < EXP_CLIP
-            return t.exp.clamp(max=math.exp(_X_EXP))
-        return torch.exp(t.x.clamp(max=_X_EXP))
+        if _compiled():  # exp is monotonic; the shared exp is exact here as limit < EXP_CLIP
+            return t.exp.clamp(max=math.exp(limit))
+        return torch.exp(t.x.clamp(max=limit))
 
-    return t.get("exp_clip", make)
+    return t.get(f"exp_clip{limit}", make)
 
 
-def _sinh_clipped(t: Terms) -> Tensor:  # sinh(clip(x, +-_X_HYP)) = (m + m / (m + 1)) / 2, m = expm1(clip(x))
-    def make():
+def _sinh_clipped(t: Terms, limit: float = _X_HYP) -> Tensor:  # sinh(clip(x, +-limit)) = (m + m/(m + 1)) / 2
+    def make():  # m = expm1(clip(x))
         if not _compiled():
-            return fast_sinh(t.clipped(_X_HYP))
-        m = t.expm1.clamp(math.expm1(-_X_HYP), math.expm1(_X_HYP))
+            return fast_sinh(t.clipped(limit))
+        m = t.expm1.clamp(math.expm1(-limit), math.expm1(limit))
         return 0.5 * (m + m / (m + 1.0))
 
-    return t.get("sinh", make)
+    return t.get(f"sinh{limit}", make)
 
 
-def _cosh_clipped(t: Terms) -> Tensor:
+def _cosh_clipped(t: Terms, limit: float = _X_HYP) -> Tensor:
     def make():
         if not _compiled():
-            return fast_cosh(t.clipped(_X_HYP))
-        e = t.exp.clamp(math.exp(-_X_HYP), math.exp(_X_HYP))
+            return fast_cosh(t.clipped(limit))
+        e = t.exp.clamp(math.exp(-limit), math.exp(limit))
         return 0.5 * (e + 1.0 / e)
 
-    return t.get("cosh", make)
+    return t.get(f"cosh{limit}", make)
+
+
+def _grafs_sqrt_root(t: Terms) -> Tensor:
+    return t.get("sqrt_floor", lambda: torch.sqrt(t.x.clamp(min=SQRT_FLOOR)))
+
+
+def _grafs_sqrt_dx(t: Terms) -> Tensor:
+    # clamp passes the gradient where x >= SQRT_FLOOR (autograd's clamp: the bound itself counts as inside).
+    return _where0(t.x >= SQRT_FLOOR, 0.5 / _grafs_sqrt_root(t))
 
 
 def _sqrt_root(t: Terms) -> Tensor:
@@ -147,7 +158,7 @@ def _sqrt_root(t: Terms) -> Tensor:
 
 
 def _sqrt_value(t: Terms) -> Tensor:
-    # ops.py: sqrt(x) above EPS, the ramp x / sqrt(EPS) on [0, EPS], 0 below; the smaller of the two formulas.
+    # ops.py's sqrt_ramp: sqrt(x) above EPS, the ramp x / sqrt(EPS) on [0, EPS], 0 below; the smaller of the two.
     return torch.minimum(_sqrt_root(t), t.x.clamp(min=0) * _RSQRT_EPS)
 
 
@@ -155,6 +166,20 @@ def _sqrt_dx(t: Terms) -> Tensor:
     if _compiled():
         return torch.where(t.x > EPS, 0.5 / _sqrt_root(t), _where0(t.x >= 0, t.x.new_full((), _RSQRT_EPS)))
     return 0.5 / _sqrt_root(t) * (t.x > EPS) + _RSQRT_EPS * ((t.x >= 0) & (t.x <= EPS))
+
+
+def _power_grads(exponent: int, limit: float) -> "UnaryGrad":  # clip(x, +-limit) ** exponent
+    return UnaryGrad(lambda t, b: t.clipped(limit) ** exponent,
+                     lambda t, b: _where0(t.inside(limit), exponent * (t.x if exponent == 2 else t.sq)))
+
+
+def _exp_grads(limit: float) -> "UnaryGrad":
+    return UnaryGrad(lambda t, b: _exp_clipped(t, limit), lambda t, b: _where0(t.x <= limit, _exp_clipped(t, limit)))
+
+
+def _sinh_grads(limit: float) -> "UnaryGrad":
+    return UnaryGrad(lambda t, b: _sinh_clipped(t, limit),
+                     lambda t, b: _where0(t.inside(limit), _cosh_clipped(t, limit)))
 
 
 def _sinc_dx(t: Terms) -> Tensor:
@@ -185,19 +210,17 @@ UNARY_GRADS: dict[str, UnaryGrad] = {
     "identity": UnaryGrad(lambda t, b: t.x, lambda t, b: 1.0),
     "neg": UnaryGrad(lambda t, b: -t.x, lambda t, b: -1.0),
     "abs": UnaryGrad(lambda t, b: t.abs, lambda t, b: t.sign),
-    "square": UnaryGrad(lambda t, b: t.clipped(_X_SQUARE) ** 2,
-                        lambda t, b: _where0(t.inside(_X_SQUARE), 2.0 * t.x)),
-    "cube": UnaryGrad(lambda t, b: t.clipped(_X_CUBE) ** 3,
-                      lambda t, b: _where0(t.inside(_X_CUBE), 3.0 * t.sq)),
-    "sqrt": UnaryGrad(lambda t, b: _sqrt_value(t), lambda t, b: _sqrt_dx(t)),
+    "square": _power_grads(2, _X_SQUARE),
+    "cube": _power_grads(3, _X_CUBE),
+    "sqrt": UnaryGrad(lambda t, b: _grafs_sqrt_root(t), lambda t, b: _grafs_sqrt_dx(t)),
     "scale": UnaryGrad(lambda t, b: b * t.x, lambda t, b: b, lambda t, b: t.x),
     "shift": UnaryGrad(lambda t, b: t.x + b, lambda t, b: 1.0, lambda t, b: 1.0, dbeta_reads_input=False),
     "log": UnaryGrad(lambda t, b: torch.log(t.abs.clamp(min=EPS)),
                      lambda t, b: _where0(t.abs >= EPS, t.sign / t.abs.clamp(min=EPS))),
-    "exp": UnaryGrad(lambda t, b: _exp_clipped(t), lambda t, b: _where0(t.x <= _X_EXP, _exp_clipped(t))),
+    "exp": _exp_grads(_X_EXP),
     "sin": UnaryGrad(lambda t, b: torch.sin(t.x), lambda t, b: torch.cos(t.x)),
     "cos": UnaryGrad(lambda t, b: torch.cos(t.x), lambda t, b: -torch.sin(t.x)),
-    "sinh": UnaryGrad(lambda t, b: _sinh_clipped(t), lambda t, b: _where0(t.inside(_X_HYP), _cosh_clipped(t))),
+    "sinh": _sinh_grads(_X_HYP),
     "cosh": UnaryGrad(lambda t, b: _cosh_clipped(t), lambda t, b: _where0(t.inside(_X_HYP), _sinh_clipped(t))),
     "tanh": UnaryGrad(lambda t, b: t.tanh, _native(lambda t: 1.0 - t.tanh * t.tanh,
                                                      lambda t: _aten.tanh_backward(t.ones, t.tanh))),
@@ -233,13 +256,42 @@ UNARY_GRADS: dict[str, UnaryGrad] = {
                                     lambda t: F.leaky_relu(t.x, 0.01)),
                             _native(lambda t: torch.where(t.positive, t.x.new_ones(()), t.x.new_full((), 0.01)),
                                     lambda t: _aten.leaky_relu_backward(t.ones, t.x, 0.01, False))),
+    # the legacy definitions (pipeline.space.ops.LEGACY_NAMES)
+    "sqrt_ramp": UnaryGrad(lambda t, b: _sqrt_value(t), lambda t, b: _sqrt_dx(t)),
+    "square_b20": _power_grads(2, _X_SQUARE_B20),
+    "cube_b20": _power_grads(3, _X_CUBE_B20),
+    "exp_b20": _exp_grads(_X_EXP_B20),
+    "sinh_b20": _sinh_grads(_X_HYP_B20),
 }
 # fmt: on
 
 
-def _mul(a, c, b):
-    inside = (a * c).abs() <= BOUND
+def _mul_value(a, c, b):
+    return a.clamp(-_X_FACTOR, _X_FACTOR) * c.clamp(-_X_FACTOR, _X_FACTOR)
+
+
+def _mul(a, c, b):  # each factor clamped: d/da = clamp(c) where |a| <= sqrt(BOUND), else 0
+    return (_where0(a.abs() <= _X_FACTOR, c.clamp(-_X_FACTOR, _X_FACTOR)),
+            _where0(c.abs() <= _X_FACTOR, a.clamp(-_X_FACTOR, _X_FACTOR)))
+
+
+def _mul_b20(a, c, b):
+    inside = (a * c).abs() <= LEGACY_BOUND
     return _where0(inside, c), _where0(inside, a)
+
+
+def _interp_weight(b):
+    return torch.sigmoid(b) if isinstance(b, Tensor) else 1.0 / (1.0 + math.exp(-b))
+
+
+def _interp_partials(a, c, b):
+    s = _interp_weight(b)
+    return s, 1 - s
+
+
+def _interp_dbeta(a, c, b):  # d/d beta of s*a + (1-s)*c with s = sigmoid(beta): s (1 - s) (a - c)
+    s = _interp_weight(b)
+    return s * (1 - s) * (a - c)
 
 
 def _div_parts(a, c):
@@ -298,7 +350,7 @@ def _gauss_dbeta(distance):
 BINARY_GRADS: dict[str, BinaryGrad] = {
     "add": BinaryGrad(lambda a, c, b: a + c, lambda a, c, b: (1.0, 1.0)),
     "sub": BinaryGrad(lambda a, c, b: a - c, lambda a, c, b: (1.0, -1.0)),
-    "mul": BinaryGrad(lambda a, c, b: (a * c).clamp(-BOUND, BOUND), _mul),
+    "mul": BinaryGrad(_mul_value, _mul),
     "div": BinaryGrad(lambda a, c, b: _div_parts(a, c)[1].clamp(-BOUND, BOUND), _div_partials),
     "max": BinaryGrad(lambda a, c, b: torch.maximum(a, c), _max_partials),
     "min": BinaryGrad(lambda a, c, b: torch.minimum(a, c), _min_partials),
@@ -307,7 +359,11 @@ BINARY_GRADS: dict[str, BinaryGrad] = {
                            _gauss_dbeta(lambda d: d * d)),
     "gauss_abs": BinaryGrad(lambda a, c, b: _gauss_parts(a, c, b, torch.abs)[2], _gauss_abs_partials,
                             _gauss_dbeta(torch.abs)),
-    "interp": BinaryGrad(lambda a, c, b: b * a + (1 - b) * c, lambda a, c, b: (b, 1 - b), lambda a, c, b: a - c),
+    "interp": BinaryGrad(lambda a, c, b: _interp_weight(b) * a + (1 - _interp_weight(b)) * c, _interp_partials,
+                         _interp_dbeta),
+    "mul_b20": BinaryGrad(lambda a, c, b: (a * c).clamp(-LEGACY_BOUND, LEGACY_BOUND), _mul_b20),
+    "interp_lin": BinaryGrad(lambda a, c, b: b * a + (1 - b) * c, lambda a, c, b: (b, 1 - b),
+                             lambda a, c, b: a - c),
     "left": BinaryGrad(lambda a, c, b: a, lambda a, c, b: (1.0, 0.0)),
     "right": BinaryGrad(lambda a, c, b: c, lambda a, c, b: (0.0, 1.0)),
 }

@@ -39,11 +39,12 @@ GRAFS_BETA_MEAN, GRAFS_BETA_STD = 1.0, 0.25
 
 def initial_beta(op, beta_init: str, shape: tuple[int, ...]) -> torch.Tensor:
     """An operator's starting beta: its registry value (`default`), or under `grafs` a draw from N(1, 0.25) per
-    element, as GRAFS starts its BetaMul, BetaAdd and Beta; `interp` keeps 0.5, which is where GRAFS's BetaMix
-    starts (sigmoid(0)). Draws use the global generator, seeded by the search."""
+    element, as GRAFS starts its BetaMul, BetaAdd and Beta; `interp` keeps its 0 (GRAFS's BetaMix, an even mix
+    sigmoid(0) = 1/2) and the legacy `interp_lin` its 0.5 (the same mix). Draws use the global generator, seeded by
+    the search."""
     if beta_init not in BETA_INITS:
         raise ValueError(f"unknown beta init {beta_init!r}; choose one of {BETA_INITS}")
-    if beta_init == "grafs" and op.name != "interp":
+    if beta_init == "grafs" and op.name not in ("interp", "interp_lin"):
         return torch.normal(GRAFS_BETA_MEAN, GRAFS_BETA_STD, size=shape)
     return torch.full(shape, op.beta_init)
 

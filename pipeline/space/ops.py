@@ -1,12 +1,19 @@
 """Registry of the unary and binary operators an activation function is built from.
 
 Every operator has a numerically safe PyTorch implementation, a sympy form for formulas and whether it carries a
-trainable parameter beta (with its initial value). Domain guards, all explicit:
-- sqrt and log: `sqrt(max(x, 0))` (a linear ramp on [0, eps]) and `log(max(|x|, eps))`, exact away from 0, so
-  negatives and 0 give finite values and gradients; their sympy forms are `sqrt(max(x, 0))` and `log(|x|)`.
-- division: the denominator is pushed away from 0 to +-eps, and the quotient is clipped to +-BOUND.
-- overflow: exp, sinh, cosh, x^2, x^3 and the product clip their *input* so that the output stays within +-BOUND
-  (GRAFS, 2024: unbounded operators make one-shot search diverge); the gradient is 0 beyond the clip.
+trainable parameter beta (with its initial value). The plain names follow GRAFS's published code (automl/GRAFS,
+rn/activation_cell/ac_cell.py), in the search and in retraining alike:
+- sqrt: `sqrt(max(x, 1e-3))`: its derivative is at most 1/(2 sqrt(1e-3)) = 15.8, and 0 below 1e-3.
+- overflow: exp, sinh, cosh, x^2 and x^3 clip their *input* so that the output stays within +-BOUND = 10 (GRAFS:
+  unbounded operators make one-shot search diverge); the gradient is 0 beyond the clip.
+- the product clamps each factor to +-sqrt(BOUND), so both partial derivatives are bounded too.
+- interp: sigmoid(beta)*x1 + (1 - sigmoid(beta))*x2 from beta = 0 (GRAFS's BetaMix).
+- log: `log(max(|x|, eps))`; division: the denominator pushed away from 0 to +-eps, the quotient clipped to
+  +-BOUND (GRAFS leaves these two out of its set).
+The definitions this project used before (`OP_SETS["grafs_legacy"]`) stay selectable under their own names, so that
+the comparison can be rerun (docs/science.md): `sqrt_ramp` (a linear ramp of slope 1/sqrt(eps) on [0, eps], then
+sqrt), `square_b20`, `cube_b20`, `exp_b20`, `sinh_b20` (bounded at 20), `mul_b20` (only the product clipped at 20)
+and `interp_lin` (beta*x1 + (1-beta)*x2 from beta = 0.5).
 With these guards every operator's output and gradient are finite for inputs in [-1e4, 1e4] (tested).
 The sympy forms describe the function inside the bounds, which is where BatchNorm keeps the inputs.
 """
@@ -20,8 +27,10 @@ import sympy
 import torch
 import torch.nn.functional as F
 
-BOUND = 20.0  # largest magnitude an overflow-prone operator may output
-EPS = 1e-4  # distance kept from the singular points of sqrt, log and division
+BOUND = 10.0  # largest magnitude an overflow-prone operator may output (GRAFS's `inf`)
+LEGACY_BOUND = 20.0  # the bound of the `_b20` operators (this project's definitions before GRAFS's)
+SQRT_FLOOR = 1e-3  # GRAFS's sqrt: sqrt(max(x, SQRT_FLOOR))
+EPS = 1e-4  # distance kept from the singular points of log and division, and the width of sqrt_ramp's ramp
 
 Tensor = torch.Tensor
 
@@ -46,9 +55,17 @@ def _clip_input(x: Tensor, limit: float) -> Tensor:
     return x.clamp(-limit, limit)
 
 
-def _safe_sqrt(x: Tensor, beta=None) -> Tensor:
-    # Exact for x >= EPS; a linear ramp from 0 on [0, EPS] keeps the gradient finite (at most 1/sqrt(EPS)).
+def _grafs_sqrt(x: Tensor, beta=None) -> Tensor:
+    return torch.sqrt(x.clamp(min=SQRT_FLOOR))
+
+
+def _ramp_sqrt(x: Tensor, beta=None) -> Tensor:
+    # Legacy: exact for x >= EPS; a linear ramp from 0 on [0, EPS] (slope 1/sqrt(EPS) = 100) below.
     return torch.where(x > EPS, torch.sqrt(x.clamp(min=EPS)), x.clamp(min=0) / math.sqrt(EPS))
+
+
+def _grafs_mul(a: Tensor, c: Tensor, beta=None) -> Tensor:
+    return a.clamp(-_X_FACTOR, _X_FACTOR) * c.clamp(-_X_FACTOR, _X_FACTOR)
 
 
 def _safe_log(x: Tensor, beta=None) -> Tensor:
@@ -113,8 +130,11 @@ def _beta_like(x: Tensor, beta: Tensor) -> Tensor:
 
 _X_EXP = math.log(BOUND)
 _X_SQUARE = math.sqrt(BOUND)
+_X_FACTOR = math.sqrt(BOUND)  # each factor of a product, so the product stays within +-BOUND
 _X_CUBE = BOUND ** (1 / 3)
 _X_HYP = math.asinh(BOUND)  # sinh and cosh reach BOUND here (cosh slightly above, fine)
+_X_EXP_B20, _X_SQUARE_B20 = math.log(LEGACY_BOUND), math.sqrt(LEGACY_BOUND)
+_X_CUBE_B20, _X_HYP_B20 = LEGACY_BOUND ** (1 / 3), math.asinh(LEGACY_BOUND)
 
 x_, x1_, x2_, beta_ = sympy.symbols("x x1 x2 beta", real=True)
 
@@ -158,7 +178,7 @@ _unary("neg", lambda x, b=None: -x, lambda x, b: -x, "-x")
 _unary("abs", lambda x, b=None: x.abs(), lambda x, b: sympy.Abs(x), "|x|")
 _unary("square", lambda x, b=None: _clip_input(x, _X_SQUARE) ** 2, lambda x, b: x ** 2, "x^2")
 _unary("cube", lambda x, b=None: _clip_input(x, _X_CUBE) ** 3, lambda x, b: x ** 3, "x^3")
-_unary("sqrt", _safe_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, 0)), "sqrt(max(x,0))")
+_unary("sqrt", _grafs_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, sympy.Rational(1, 1000))), "sqrt(max(x,1e-3))")
 # Initial betas keep every candidate a different function at initialisation (tests/test_op_sets.py): scale at 1
 # would be identity, shift at 0 identity, const at 0 zero; identical candidates get identical alpha gradients, so
 # their family's weight is split between them and the argmax is biased against it. shift and const start at 1 as
@@ -192,7 +212,7 @@ _unary("leaky_relu", lambda x, b=None: F.leaky_relu(x, 0.01),
        lambda x, b: sympy.Max(x, sympy.Rational(1, 100) * x), "max(x,0.01x)")
 
 _binary("add", lambda a, c, b=None: a + c, lambda a, c, b: a + c, "x1+x2")
-_binary("mul", lambda a, c, b=None: (a * c).clamp(-BOUND, BOUND), lambda a, c, b: a * c, "x1*x2")
+_binary("mul", _grafs_mul, lambda a, c, b: a * c, "x1*x2")
 _binary("sub", lambda a, c, b=None: a - c, lambda a, c, b: a - c, "x1-x2")
 _binary("div", _safe_div, lambda a, c, b: a / c, "x1/(x2+eps)")
 _binary("max", lambda a, c, b=None: torch.maximum(a, c), lambda a, c, b: sympy.Max(a, c), "max(x1,x2)")
@@ -203,11 +223,29 @@ _binary("gauss_sq", lambda a, c, b: torch.exp((-b * (a - c) ** 2).clamp(max=_X_E
         lambda a, c, b: sympy.exp(-b * (a - c) ** 2), "exp(-beta*(x1-x2)^2)", beta_init=1.0)
 _binary("gauss_abs", lambda a, c, b: torch.exp((-b * (a - c).abs()).clamp(max=_X_EXP)),
         lambda a, c, b: sympy.exp(-b * sympy.Abs(a - c)), "exp(-beta*|x1-x2|)", beta_init=1.0)
-_binary("interp", lambda a, c, b: b * a + (1 - b) * c, lambda a, c, b: b * a + (1 - b) * c,
-        "beta*x1+(1-beta)*x2", beta_init=0.5)
+_binary("interp", lambda a, c, b: torch.sigmoid(b) * a + (1 - torch.sigmoid(b)) * c,
+        lambda a, c, b: sigmoid_(b) * a + (1 - sigmoid_(b)) * c, "sigmoid(beta)*x1+(1-sigmoid(beta))*x2",
+        beta_init=0.0)
 _binary("left", lambda a, c, b=None: a, lambda a, c, b: a, "x1")
 _binary("right", lambda a, c, b=None: c, lambda a, c, b: c, "x2")
+
+# The legacy definitions (OP_SETS["grafs_legacy"]), kept so that results made with them can be rerun.
+_unary("sqrt_ramp", _ramp_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, 0)), "sqrt(max(x,0)), ramp on [0,1e-4]")
+_unary("square_b20", lambda x, b=None: _clip_input(x, _X_SQUARE_B20) ** 2, lambda x, b: x ** 2, "x^2 (bound 20)")
+_unary("cube_b20", lambda x, b=None: _clip_input(x, _X_CUBE_B20) ** 3, lambda x, b: x ** 3, "x^3 (bound 20)")
+_unary("exp_b20", lambda x, b=None: torch.exp(x.clamp(max=_X_EXP_B20)), lambda x, b: sympy.exp(x),
+       "exp(x) (bound 20)")
+_unary("sinh_b20", lambda x, b=None: fast_sinh(_clip_input(x, _X_HYP_B20)), lambda x, b: sympy.sinh(x),
+       "sinh(x) (bound 20)")
+_binary("mul_b20", lambda a, c, b=None: (a * c).clamp(-LEGACY_BOUND, LEGACY_BOUND), lambda a, c, b: a * c,
+        "x1*x2 (product clipped at 20)")
+_binary("interp_lin", lambda a, c, b: b * a + (1 - b) * c, lambda a, c, b: b * a + (1 - b) * c,
+        "beta*x1+(1-beta)*x2", beta_init=0.5)
 # fmt: on
+
+# Each legacy operator and the GRAFS operator it stood in for.
+LEGACY_NAMES = {"sqrt": "sqrt_ramp", "square": "square_b20", "cube": "cube_b20", "exp": "exp_b20",
+                "sinh": "sinh_b20", "mul": "mul_b20", "interp": "interp_lin"}
 
 # Named operator sets: (unary names, binary names).
 OP_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -232,6 +270,8 @@ OP_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("add", "sub", "mul", "max", "min", "sigmul", "interp", "left", "right"),
     ),
 }
+# GRAFS's set with this project's earlier definitions (ramp sqrt, bound 20, product clip, linear interp).
+OP_SETS["grafs_legacy"] = tuple(tuple(LEGACY_NAMES.get(name, name) for name in names) for names in OP_SETS["grafs"])
 
 
 def resolve_op_set(spec: str | dict | Sequence) -> tuple[tuple[str, ...], tuple[str, ...]]:
