@@ -30,7 +30,8 @@ def _valid_op_set(spec):
 
 
 OpSet = Annotated[Union[str, dict[str, list[str]]], AfterValidator(_valid_op_set),
-                  Field(description="poster | ramachandran | grafs | {unary: [...], binary: [...]}")]
+                  Field(description="the candidate operators: poster (18 unary, 7 binary) | ramachandran (25, 10) | "
+                        "grafs (23, 9) | {unary: [...], binary: [...]}")]
 
 
 class DartsSettings(BaseModel):
@@ -41,14 +42,18 @@ class DartsSettings(BaseModel):
 class GdasSettings(BaseModel):
     model_config = SETTINGS
     tau_max: PositiveFinite = Field(10.0, description="Gumbel temperature, annealed linearly to tau_min")
-    tau_min: PositiveFinite = 0.1
+    tau_min: PositiveFinite = Field(0.1, description="the Gumbel temperature of the last epoch")
 
 
 class DrnasSettings(BaseModel):
     model_config = SETTINGS
-    regularizer: Literal["kl", "l2", "none"] = Field("kl", description="towards a flat Dirichlet prior, per edge")
-    reg_scale: float = Field(1e-3, ge=0, allow_inf_nan=False)
-    per_site_sample: bool = Field(False, description="an independent sample at every activation site")
+    regularizer: Literal["kl", "l2", "none"] = Field("kl", description="towards a flat Dirichlet prior, per edge: kl: "
+                                                     "KL(Dir(elu(alpha)+1) || Dir(1)) | l2: reg_scale/2 * ||alpha||^2 "
+                                                     "(the reference code's weight decay on alpha) | none")
+    reg_scale: float = Field(1e-3, ge=0, allow_inf_nan=False, description="the regularizer's weight in the "
+                                                                          "architecture loss")
+    per_site_sample: bool = Field(False, description="an independent Dirichlet sample at every activation site "
+                                                     "(DrNAS only: DARTS and GDAS refuse it)")
 
 
 class SearchSettings(BaseModel):
@@ -56,17 +61,21 @@ class SearchSettings(BaseModel):
     model_config = SETTINGS
 
     op_set: OpSet = "grafs"
-    network: Network = Field("resnet8", description="the supernet")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
+    network: Network = Field("resnet8", description="the supernet (CIFAR ResNet, depth 6n+2)")
+    epochs: int = Field(10, ge=1, description="search epochs")
+    batch_size: int = Field(64, ge=2, description="images per weight step and per architecture step")
     lr: PositiveFinite = Field(0.025, description="network weights: SGD, cosine decay to lr_min")
-    lr_min: float = Field(0.001, ge=0, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(3e-4, ge=0, allow_inf_nan=False)
-    grad_clip: PositiveFinite = 5.0
-    arch_lr: PositiveFinite = Field(3e-4, description="alphas: Adam")
+    lr_min: float = Field(0.001, ge=0, allow_inf_nan=False, description="network weights: the learning rate the "
+                                                                       "cosine decay ends at")
+    momentum: float = Field(0.9, ge=0, lt=1, description="network weights: SGD momentum")
+    weight_decay: float = Field(3e-4, ge=0, allow_inf_nan=False, description="network weights: SGD weight decay")
+    grad_clip: PositiveFinite = Field(5.0, description="network weights: max global gradient L2 norm")
+    arch_lr: PositiveFinite = Field(3e-4, description="alphas (and betas with betas_with: arch): Adam's learning "
+                                                      "rate")
     arch_betas: tuple[AdamBeta, AdamBeta] = Field((0.5, 0.999), strict=False, description="Adam's (beta1, beta2)")
-    arch_weight_decay: float = Field(1e-3, ge=0, allow_inf_nan=False)
+    arch_weight_decay: float = Field(1e-3, ge=0, allow_inf_nan=False, description="Adam weight decay of the alphas "
+                                     "(DARTS, GDAS, DrNAS with regularizer none; DrNAS with kl or l2 uses 0, its "
+                                     "regularizer is the penalty) and of betas trained by the arch optimizer")
     beta_mode: BetaMode = Field("scalar", description="scalar: one beta per operator; channel: one per channel")
     betas_with: Literal["weights", "arch"] = Field("weights", description="which optimizer trains the betas")
     beta_init: Literal["default", "grafs"] = Field("default", description="default: each operator's beta_init | "
@@ -77,7 +86,8 @@ class SearchSettings(BaseModel):
     warmstart_epochs: int = Field(0, ge=0, description="GRAFS: epochs whose weight steps run the network with "
                                                        "plain ReLU (the arch step runs on the mixed cell)")
     start_shrinking: Optional[int] = Field(None, ge=0, description="GRAFS: epoch (from 0) of the first operator drop "
-                                                                   "of progressive shrinking; null: no shrinking")
+                                   "of progressive shrinking; the lowest-weight operators are dropped, log-spaced over "
+                                   "the remaining epochs, until one per edge is left; null: no shrinking")
     compile_min_steps: int = Field(200, ge=0, description="progressive shrinking: a candidate set serving fewer "
                                    "search iterations runs its fused cell eagerly instead of compiling kernels for it "
                                    "(0: compile every set; without shrinking the one set serves the whole search)")
@@ -86,7 +96,9 @@ class SearchSettings(BaseModel):
     select: Literal["best", "last"] = Field("last", description="the supernet of the epoch whose discretized network "
                                                                 "is best | the last epoch")
     selection: Literal["argmax", "perturbation"] = Field("argmax", description="genotype from that supernet: argmax "
-                                                                                "| perturbation (DARTS-PT)")
+                                                       "of the operator weights | perturbation (DARTS-PT, Wang et al. "
+                                                       "2021): on each edge, keep the operator whose removal lowers "
+                                                       "validation top-1 most")
     amp: bool = Field(False, description="bf16 autocast on CUDA")
     darts: DartsSettings = DartsSettings()
     gdas: GdasSettings = GdasSettings()

@@ -6,8 +6,11 @@ defined once, where the code that reads it lives; the sections below add only wh
 key is required in params.yaml (DVC reads the listed ones from it too, and fails on missing ones), unknown keys
 are refused with a close-match suggestion, and cross-section rules are checked by `Params`. The data source must
 exist when `check_paths` (DVC hashes it as a dependency); the MLflow store is checked by the stages with
-`pipeline.study.tracking_store.check_tracking`. `docs/params.schema.json` is `Params.model_json_schema()`, for
-editors (`python -m pipeline.study.config --schema docs/params.schema.json` rewrites it).
+`pipeline.study.tracking_store.check_tracking`. The documentation is generated from these models
+(`pipeline.study.params_docs`): `docs/params.schema.json` for editors and the table `docs/params.md`
+(`python -m pipeline.study.config --schema docs/params.schema.json --table docs/params.md` rewrites both).
+Files are read as DVC reads them (YAML 1.2 numbers such as `1e-3`: `pipeline.study.params_yaml`), and an error
+names the file it is about.
 
 `python -m pipeline.study.config [params.yaml]` validates a file without running anything.
 """
@@ -28,6 +31,8 @@ from pipeline.data.download import CIFAR10_URL, OFFLINE_ENV, is_url
 from pipeline.data.sources import ARCHIVE_SUFFIXES
 from pipeline.search.search_config import OPTIMIZERS, Network, Optimizer, SearchConfig, SearchSettings, Space
 from pipeline.space.genotype import BASELINES, BETA_MODES, Genotype
+from pipeline.study.params_docs import params_table, study_schema
+from pipeline.study.params_yaml import load_yaml
 from pipeline.study.tracking_store import resolve_tracking_uri
 from pipeline.training.device import resolve_device
 from pipeline.training.train_config import SETTINGS, TrainConfig, TrainSettings, invalid
@@ -35,14 +40,16 @@ from pipeline.training.train_config import SETTINGS, TrainConfig, TrainSettings,
 CIFAR_TRAIN_IMAGES, CIFAR_TEST_IMAGES = 50_000, 10_000
 CUSTOM_DIR = "activations"  # user-supplied genotypes: activations/<name>.json
 SCHEMA_FILE = "docs/params.schema.json"
+TABLE_FILE = "docs/params.md"
 
 
 class ParamsError(ValueError):
-    """params.yaml is wrong; the message is one line that says where, what and what is allowed."""
+    """A params file is wrong; the message is one line that says which file, where, what and what is allowed."""
 
 
 def bad(key: str, value: Any, allowed: str) -> ParamsError:
-    return ParamsError(f"params.yaml: {key} = {value!r} is invalid; allowed: {allowed}")
+    """A wrong value; `parse_params` puts the file's name in front."""
+    return ParamsError(f"{key} = {value!r} is invalid; allowed: {allowed}")
 
 
 def _distinct(values: list) -> list:
@@ -91,12 +98,13 @@ class DataParams(BaseModel):
     test_size: Optional[int] = Field(ge=1, le=CIFAR_TEST_IMAGES, description="balanced subset; null: all")
     search_train_size: int = Field(ge=1, description="search: images for the supernet's weights")
     search_val_size: int = Field(ge=1, description="search: images for the architecture step (disjoint)")
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, description="seed of the balanced subsets and of the search split")
 
 
 class SearchParams(SearchSettings):
-    optimizers: Choices(Optimizer)
-    spaces: Choices(Space)
+    optimizers: Choices(Optimizer) = Field(description="the search methods, one search each: a DVC matrix axis")
+    spaces: Choices(Space) = Field(description="simple: b1(u1(x), u2(x)) | complex: b2(u3(b1(u1(x), u2(x))), "
+                                               "u4(x)); one search each: a DVC matrix axis")
     seeds: Choices(Annotated[int, Field(ge=0)]) = Field(description="one search per seed: a DVC matrix axis")
 
     def config(self, optimizer: str, space: str, seed: int, device: str = "auto") -> SearchConfig:
@@ -136,11 +144,15 @@ class DiscretizeParams(BaseModel):
 
 
 class EvaluateParams(TrainSettings):
-    networks: Choices(Network)
-    seeds: Choices(Annotated[int, Field(ge=0)])
-    baselines: Choices(Literal[tuple(BASELINES)])
-    custom: Choices(CustomName, min_length=0)
-    test_batch_size: int = Field(ge=1)
+    networks: Choices(Network) = Field(description="the retraining networks (CIFAR ResNets, depth 6n+2): a DVC "
+                                                  "matrix axis")
+    seeds: Choices(Annotated[int, Field(ge=0)]) = Field(description="retraining seeds, one run each: a DVC matrix "
+                                                                   "axis")
+    baselines: Choices(Literal[tuple(BASELINES)]) = Field(description="reference activations retrained beside the "
+                                                                     "searched ones")
+    custom: Choices(CustomName, min_length=0) = Field(description="your own activations, retrained like the "
+                                                                 "searched ones (may be empty)")
+    test_batch_size: int = Field(ge=1, description="batch of the test-set evaluations")
     beta_mode: Literal[BETA_MODES] = Field(description="the searched functions' betas: scalar | channel")
     betas: Literal["shared", "per_site"] = Field(description="shared: one set of betas per network, as searched | "
                                                              "per_site: a copy per activation site")
@@ -153,8 +165,9 @@ class EvaluateParams(TrainSettings):
 class StageResources(BaseModel):
     """What one stage of a kind asks Ray for (pipeline.study.cluster)."""
     model_config = SETTINGS
-    num_cpus: float = Field(ge=0, strict=False)
-    num_gpus: float = Field(ge=0, strict=False, description="fractions share a GPU; ignored without GPUs")
+    num_cpus: float = Field(ge=0, strict=False, description="CPUs (and torch threads) per stage of this kind")
+    num_gpus: float = Field(ge=0, strict=False, description="GPUs per stage of this kind: fractions share a GPU; "
+                                                            "ignored without GPUs")
     resources: dict[str, Annotated[float, Field(ge=0, strict=False)]] = Field(
         description="custom Ray resources, e.g. {} or {fakegpu: 1}")
 
@@ -259,8 +272,8 @@ def _missing_keys(model: BaseModel, prefix: str = "") -> list[str]:
 
 def _missing(key: str) -> ParamsError:
     section, _, _ = key.rpartition(".")
-    return ParamsError(f"params.yaml: {key} is missing from {section or 'the top level'}; every key is required "
-                       f"(see presets/full.yaml or docs/pipeline.md for its meaning)")
+    return ParamsError(f"{key} is missing from {section or 'the top level'}; every key is required "
+                       f"(see {TABLE_FILE} for its meaning and params.yaml for the default study's value)")
 
 
 def _one_line(error: ValidationError) -> ParamsError:
@@ -273,22 +286,32 @@ def _one_line(error: ValidationError) -> ParamsError:
         prefix = _dotted(loc[:-1]) + "." if loc[:-1] else ""
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-        return ParamsError(f"params.yaml: unknown key {key}{hint}; allowed keys in "
+        return ParamsError(f"unknown key {key}{hint}; allowed keys in "
                            f"{prefix.rstrip('.') or 'the top level'}: {allowed}")
     if kind == "missing":
         return _missing(key)
     if kind == "invalid_setting":
-        return ParamsError(f"params.yaml: {_dotted(loc + (ctx['field'],))} = {ctx['value']} is invalid; "
+        return ParamsError(f"{_dotted(loc + (ctx['field'],))} = {ctx['value']} is invalid; "
                            f"allowed: {ctx['allowed']}")
     reason = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     if kind.startswith("model_") or kind == "dict_type":
         reason = f"a mapping with keys {sorted(_model_at(loc).model_fields)}"
-    return ParamsError(f"params.yaml: {key or 'the file'} = {first['input']!r} is invalid; allowed: "
+    return ParamsError(f"{key or 'the file'} = {first['input']!r} is invalid; allowed: "
                        f"{' '.join(reason.split())}")
 
 
-def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
-    """Validate a params mapping (as read from params.yaml) and build the typed parameters."""
+def parse_params(raw: Any, root: Path, check_paths: bool = True, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as read from the file named `source`) and build the typed parameters.
+
+    A mistake is a ParamsError of one line that starts with `source`, e.g. `presets/full.yaml: search.epochs ...`.
+    """
+    try:
+        return _parse(raw, root, check_paths)
+    except ParamsError as error:
+        raise ParamsError(f"{source}: {error}") from None
+
+
+def _parse(raw: Any, root: Path, check_paths: bool) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
@@ -302,12 +325,20 @@ def parse_params(raw: Any, root: Path, check_paths: bool = True) -> Params:
     return params
 
 
+def _shown(path: Path) -> str:
+    """A file's name as a user typed it: relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
                 root: str | Path | None = None) -> Params:
     """Read and validate params.yaml; its relative paths are relative to `root`, by default the file's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file; run from the project root or copy a preset: "
                           f"cp presets/full.yaml params.yaml") from None
@@ -315,7 +346,7 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
-    return parse_params(raw, Path(root) if root is not None else path.resolve().parent, check_paths)
+    return parse_params(raw, Path(root) if root is not None else path.resolve().parent, check_paths, _shown(path))
 
 
 def _check_paths(params: Params) -> None:
@@ -342,21 +373,33 @@ def _check_custom(params: Params) -> None:
         try:
             Genotype.load(file)
         except ValueError as err:
-            raise ParamsError(f"params.yaml: evaluate.custom = {name!r}: {err}") from None
+            raise ParamsError(f"evaluate.custom = {name!r}: {err}") from None
 
 
 def json_schema() -> str:
-    schema = Params.model_json_schema() | {"title": "actsearch params.yaml"}
+    """The JSON schema of params.yaml as the loader applies it: every key required, no defaults (params_docs)."""
+    schema = study_schema(Params) | {"title": "actsearch params.yaml",
+                                     "description": "Every key is required; the committed params.yaml is the "
+                                                    f"default study. Key by key: {TABLE_FILE}"}
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def params_markdown() -> str:
+    """docs/params.md: a table per section of every key, from the same schema, in params.yaml's order."""
+    return params_table(study_schema(Params))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Check a params file (default params.yaml) without running it.")
     parser.add_argument("file", nargs="?", default="params.yaml")
     parser.add_argument("--schema", metavar="OUT", help=f"write the JSON schema of params.yaml (e.g. {SCHEMA_FILE})")
+    parser.add_argument("--table", metavar="OUT", help=f"write the Markdown table of the params (e.g. {TABLE_FILE})")
     args = parser.parse_args()
-    if args.schema:
-        Path(args.schema).write_text(json_schema())
+    if args.schema or args.table:
+        if args.schema:
+            Path(args.schema).write_text(json_schema())
+        if args.table:
+            Path(args.table).write_text(params_markdown())
         sys.exit(0)
     try:  # run from the project root: a preset's relative paths are meant relative to it, as in params.yaml
         loaded = load_params(args.file, root=Path.cwd())

@@ -41,17 +41,21 @@ class TrainSettings(BaseModel):
     """The training recipe (params.yaml `evaluate` section, less the study's own keys)."""
     model_config = SETTINGS
 
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=2, description="BatchNorm needs more than one sample")
+    epochs: int = Field(ge=1, description="training epochs")
+    batch_size: int = Field(ge=2, description="training batch (BatchNorm needs more than one sample)")
     lr: float = Field(ge=0, allow_inf_nan=False, description="SGD with momentum; the schedule is per iteration")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
-    schedule: Schedule = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay (activation betas are "
+                                                                            "not decayed)")
+    schedule: Schedule = Field("cosine", description="cosine | multistep: lr x gamma at each milestone | constant | "
+                               "onecycle: half a cosine up from lr/25 over warmup_epochs, then cosine down (torch's "
+                               "OneCycleLR without momentum cycling)")
     milestones: list[Annotated[int, Field(ge=1)]] = Field([], description="multistep only: epochs where lr *= gamma")
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep only: the factor at each milestone")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/warmup_steps over this many epochs "
+                                                    "(onecycle: the rise)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")
     grad_clip: Optional[PositiveFinite] = Field(None, description="max global gradient L2 norm; null: no clipping")
     amp: bool = Field(False, description="bf16 autocast, effective on CUDA only")
     divergence_loss: float = Field(1e3, gt=0, description="a running loss above this (or not finite) = diverged; "
