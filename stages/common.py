@@ -19,7 +19,6 @@ from pipeline.data.augment import BatchLoader
 from pipeline.training.checkpoint import CheckpointError
 from pipeline.study.config import Params, ParamsError, load_params, search_stage_suffix, searched_name
 from pipeline.data.cifar import DataError
-from pipeline.search.skips import SearchDiverged
 from pipeline.study.preflight import PreflightError, check_free_space
 from pipeline.study.records import flatten
 from pipeline.study.tracking import StageRun
@@ -32,17 +31,19 @@ SEARCH_SPLIT = ROOT / "data" / "prepared" / "search_split.pt"
 RESULTS = ROOT / "results"
 # Resume state lives outside the DVC outputs: DVC deletes a stage's declared outputs before running it.
 CHECKPOINTS = ROOT / "checkpoints"
-USER_ERRORS = (ParamsError, DataError, TrackingError, CheckpointError, PreflightError, SearchDiverged)
+USER_ERRORS = (ParamsError, DataError, TrackingError, CheckpointError, PreflightError)
 
 log = logging.getLogger("stages")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main; a user error (params, data, store, missing input) ends it with one line, no traceback."""
+def run(main: Callable[[list[str]], None], *stage_errors: type[Exception]) -> None:
+    """Run a stage's main; a user error (params, data, store, missing input, or one of the stage's own
+    `stage_errors`) ends it with one line, no traceback. A stage names its own errors so that this module imports
+    no computing code, which would make it a dependency of every stage (dvc.yaml)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         main(sys.argv[1:])
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, *stage_errors) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

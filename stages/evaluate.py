@@ -18,13 +18,14 @@ from pipeline.data.augment import BatchLoader
 from pipeline.kernels.fused_genotype import fast_forward
 from pipeline.study.config import Params, ParamsError, parse_searched, search_stage_suffix
 from pipeline.training.device import resolve_device, seed_everything
-from pipeline.space.genotype import BASELINES, Genotype
+from pipeline.space.genotype import BASELINES, Genotype, GenotypeError
 from pipeline.space.models import build_resnet, count_parameters
 from pipeline.training.train import train_model
 from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
                            write_csv, write_json)
 
 ORIGINS = ("baseline", "searched", "custom")
+STAGE_ERRORS = (GenotypeError,)  # user errors of this stage: one line, no traceback (stages.common.run)
 
 
 def resolve_genotype(params: Params, origin: str, activation: str) -> Genotype:
@@ -35,9 +36,13 @@ def resolve_genotype(params: Params, origin: str, activation: str) -> Genotype:
                           f"(its activations: {params.activations()}); check dvc.yaml against params.yaml")
     if origin == "baseline":
         return BASELINES[activation]
-    path = params.custom_path(activation) if origin == "custom" else RESULTS / "discretize" / activation / \
-        "genotype.json"
-    return Genotype.load(path)
+    if origin == "custom":
+        return Genotype.load(params.custom_path(activation))
+    try:
+        return Genotype.load(RESULTS / "discretize" / activation / "genotype.json")
+    except GenotypeError as error:  # the discretize stage wrote it: rerunning that stage rewrites it
+        stage = f"discretize@{search_stage_suffix(*parse_searched(activation))}"
+        raise GenotypeError(f"{error}; rerun the search's discretize stage: dvc repro -f {stage}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -112,4 +117,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, *STAGE_ERRORS)

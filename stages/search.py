@@ -14,8 +14,11 @@ import math
 from pipeline.training.device import resolve_device
 from pipeline.search.loop import save_supernet
 from pipeline.search.loop import run_search
+from pipeline.search.skips import SearchDiverged
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, searched_stage,
                            stage_run, write_csv, write_json)
+
+STAGE_ERRORS = (SearchDiverged,)  # user errors of this stage: one line, no traceback (stages.common.run)
 
 
 def epoch_metrics(record: dict) -> dict:
@@ -81,4 +84,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, *STAGE_ERRORS)

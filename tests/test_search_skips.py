@@ -7,6 +7,7 @@ from torch import nn
 from pipeline.data.augment import BatchLoader
 from pipeline.search.loop import run_search
 from pipeline.search.skips import BatchNormGuard, SearchDiverged, check_skipped
+import stages.search as search_stage
 from stages.common import run
 from tests.search_subprocess_script import CONFIG
 from tests.train_subprocess_script import colour_task
@@ -83,7 +84,7 @@ def test_a_search_above_the_skipped_fraction_stops_after_the_epoch():
 
 def test_an_all_nan_search_exits_non_zero_with_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run(lambda argv: run_search(CONFIG, *loaders(everywhere=True)))
+        run(lambda argv: run_search(CONFIG, *loaders(everywhere=True)), *search_stage.STAGE_ERRORS)
     assert exit_info.value.code != 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the search skipped 8 of its 8 steps by epoch 1 (100%"), lines

@@ -9,6 +9,8 @@ loads from JSON, prints its formula (simplified with sympy) and builds a fixed `
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,13 @@ SPACES: dict[str, tuple[tuple[str, int], ...]] = {
 }
 BETA_MODES = ("scalar", "channel")
 BETA_SHARING = ("shared", "per_site")  # retraining: one set of betas per network, or one per activation site
+
+
+KEYS = ("space", "ops", "betas")  # a genotype's JSON object holds these and nothing else
+
+
+class GenotypeError(ValueError):
+    """A genotype (built, read from a dict or a file) that is no valid activation; the message names the fault."""
 
 
 def edges_of(space: str) -> tuple[str, ...]:
@@ -66,20 +75,29 @@ class Genotype:
     betas: tuple[Optional[float], ...]  # the chosen operator's beta per edge; None where it has none
 
     def __post_init__(self):
+        if self.space not in SPACES:
+            raise GenotypeError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
         edges = edges_of(self.space)
         object.__setattr__(self, "ops", tuple(self.ops))
         betas = tuple(self.betas) if self.betas else tuple(None for _ in edges)
         object.__setattr__(self, "betas", betas)
         if len(self.ops) != len(edges) or len(self.betas) != len(edges):
-            raise ValueError(f"a {self.space} genotype has {len(edges)} edges {edges}, got ops={self.ops} "
-                             f"betas={self.betas}")
+            raise GenotypeError(f"a {self.space} genotype has {len(edges)} edges {edges}, got ops={self.ops} "
+                                f"betas={self.betas}")
         for (edge, arity), name, beta in zip(SPACES[self.space], self.ops, self.betas):
             registry = UNARY if arity == 1 else BINARY
-            if name not in registry:
+            if not isinstance(name, str) or name not in registry:
                 kind = "unary" if arity == 1 else "binary"
-                raise ValueError(f"edge {edge} needs a {kind} operator, got {name!r}; allowed: {sorted(registry)}")
+                raise GenotypeError(f"edge {edge} needs a {kind} operator, got {name!r}; allowed: {sorted(registry)}")
             if registry[name].has_beta and beta is None:
-                raise ValueError(f"edge {edge}: operator {name!r} needs a beta value")
+                raise GenotypeError(f"edge {edge}: operator {name!r} needs a beta value")
+            if not registry[name].has_beta and beta is not None:  # it would be ignored: the file says otherwise
+                raise GenotypeError(f"edge {edge}: operator {name!r} takes no beta, got {beta!r}; remove the beta "
+                                    f"of {edge}")
+            if beta is not None and (isinstance(beta, bool) or not isinstance(beta, numbers.Real)
+                                     or not math.isfinite(beta)):
+                raise GenotypeError(f"edge {edge}: the beta of {name!r} must be a finite number, got {beta!r}")
+        object.__setattr__(self, "betas", tuple(None if b is None else float(b) for b in self.betas))
 
     @classmethod
     def with_default_betas(cls, space: str, ops: tuple[str, ...]) -> "Genotype":
@@ -100,14 +118,27 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Genotype":
-        try:
-            space = data["space"]
-            edges = edges_of(space)
-            ops = tuple(data["ops"][e] for e in edges)
-            betas = tuple(data.get("betas", {}).get(e) for e in edges)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"not a genotype (needs 'space', 'ops' per edge, 'betas'): {data!r} ({err})") from err
-        return cls(space, ops, tuple(None if b is None else float(b) for b in betas))
+        """The genotype `to_dict` wrote; anything it would not write (an unknown key or edge, a beta on an operator
+        without one) is refused rather than ignored."""
+        if not isinstance(data, dict) or "space" not in data or "ops" not in data:
+            raise GenotypeError(f"not a genotype (needs 'space', 'ops' per edge, 'betas'): {data!r}")
+        unknown = sorted(set(data) - set(KEYS), key=str)
+        if unknown:
+            raise GenotypeError(f"unknown genotype keys {unknown}; a genotype holds only {list(KEYS)}")
+        if data["space"] not in SPACES:
+            raise GenotypeError(f"unknown search space {data['space']!r}; choose one of {sorted(SPACES)}")
+        edges, ops, betas = edges_of(data["space"]), data["ops"], data.get("betas", {})
+        for key, per_edge in (("ops", ops), ("betas", betas)):
+            if not isinstance(per_edge, dict):
+                raise GenotypeError(f"genotype {key!r} must map edges to values, got {per_edge!r}")
+            extra = sorted(set(per_edge) - set(edges), key=str)
+            if extra:
+                raise GenotypeError(f"genotype {key!r} names edges {extra} that a {data['space']} genotype does "
+                                    f"not have; its edges: {list(edges)}")
+        missing = [edge for edge in edges if edge not in ops]
+        if missing:
+            raise GenotypeError(f"not a genotype: 'ops' has no operator for the edges {missing}")
+        return cls(data["space"], tuple(ops[e] for e in edges), tuple(betas.get(e) for e in edges))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -117,7 +148,7 @@ class Genotype:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, ValueError) as err:
-            raise ValueError(f"cannot read genotype file {path}: {err}") from err
+            raise GenotypeError(f"cannot read genotype file {path}: {err}") from err
 
     # --- formulas -----------------------------------------------------------------------------------------
     def expr(self, symbolic_betas: bool = False) -> sympy.Expr:
@@ -158,25 +189,28 @@ class Genotype:
 
     # --- modules ------------------------------------------------------------------------------------------
     def build(self, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
-              kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None) -> nn.Module:
-        return GenotypeActivation(self, channels, beta_mode, train_betas, kernel, betas)
+              kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None,
+              beta_bound: Optional[float] = None) -> nn.Module:
+        return GenotypeActivation(self, channels, beta_mode, train_betas, kernel, betas, beta_bound)
 
     def factory(self, beta_mode: str = "scalar", train_betas: bool = True, kernel: Optional[Callable] = None,
-                betas: str = "shared"):
+                betas: str = "shared", beta_bound: Optional[float] = None):
         """An activation factory for `pipeline.space.models.build_resnet`; `kernel(activation, x)`, if given,
         replaces the plain forward (the retraining fast path, `pipeline.kernels.fused_genotype.fast_forward`).
 
         `betas`: `shared` (one set of betas for the whole network, handed to every site, as the search shares
-        them: the retrained function is the searched one) or `per_site` (each site its own copy)."""
+        them: the retrained function is the searched one) or `per_site` (each site its own copy).
+        `beta_bound`: trained betas are projected into [-bound, bound] before every forward, as the search
+        projects them (search.beta_clamp), so retraining cannot take a beta where the search never looked."""
         if betas not in BETA_SHARING:
             raise ValueError(f"unknown beta sharing {betas!r}; choose one of {BETA_SHARING}")
         if betas == "per_site":
-            return lambda channels: self.build(channels, beta_mode, train_betas, kernel)
+            return lambda channels: self.build(channels, beta_mode, train_betas, kernel, beta_bound=beta_bound)
         if beta_mode != "scalar":
             raise ValueError(f"shared betas are scalars (sites differ in channels); beta mode {beta_mode!r} "
                              "needs per-site betas")
         shared = make_betas(self, beta_mode, 1, train_betas)
-        return lambda channels: self.build(channels, beta_mode, train_betas, kernel, shared)
+        return lambda channels: self.build(channels, beta_mode, train_betas, kernel, shared, beta_bound)
 
     def function(self):
         """The genotype as a plain float64 function of a tensor, for analysis and plots."""
@@ -203,8 +237,12 @@ class GenotypeActivation(nn.Module):
     """A fixed activation function: the genotype's operators, its betas as (optionally trainable) parameters."""
 
     def __init__(self, genotype: Genotype, channels: int = 1, beta_mode: str = "scalar", train_betas: bool = True,
-                 kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None):
+                 kernel: Optional[Callable] = None, betas: Optional[nn.ParameterDict] = None,
+                 beta_bound: Optional[float] = None):
         super().__init__()
+        if beta_bound is not None and not beta_bound > 0:
+            raise ValueError(f"beta_bound must be positive (or None: unbounded), got {beta_bound!r}")
+        self.beta_bound = beta_bound
         self.genotype = genotype
         # The space layer knows no kernels: the code that builds a network passes the fast path in.
         self.kernel = kernel
@@ -216,6 +254,11 @@ class GenotypeActivation(nn.Module):
         return self.ops[edge].fn(*inputs, self.beta[edge] if edge in self.beta else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.beta_bound is not None and self.training:
+            with torch.no_grad():  # a projection after each optimizer step, as the search's pre-hook does
+                for beta in self.beta.values():
+                    if beta.requires_grad:
+                        beta.clamp_(-self.beta_bound, self.beta_bound)
         if self.kernel is not None:
             return self.kernel(self, x)
         return self.plain_forward(x)
