@@ -21,6 +21,7 @@ from pipeline.study.config import Params, ParamsError, load_params, search_stage
 from pipeline.data.cifar import DataError
 from pipeline.study.preflight import PreflightError, check_free_space
 from pipeline.study.records import flatten
+from pipeline.study.stage_checkpoints import checkpoint_file
 from pipeline.study.tracking import StageRun
 from pipeline.study.tracking_store import TrackingError, check_tracking
 
@@ -108,7 +109,7 @@ def search_loaders(batch_size: int, seed: int, device: torch.device, drop_last: 
 
 
 def checkpoint_path(stage: str) -> Path:
-    return CHECKPOINTS / f"{stage.replace('@', '-')}.pt"
+    return checkpoint_file(ROOT, stage)  # the Ray runner finds it by the same rule
 
 
 def resume_or_restart(work: Callable[[Path], object], checkpoint: Path):

@@ -21,6 +21,7 @@ from pipeline.training.device import resolve_device, seed_everything
 from pipeline.space.genotype import BASELINES, Genotype, GenotypeError
 from pipeline.space.models import build_resnet, count_parameters
 from pipeline.training.train import train_model
+from pipeline.study.stage_checkpoints import drop_finished_checkpoint
 from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
                            write_csv, write_json)
 
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> None:
             mlflow_run.log_artifact(out / file)
         log.info("%s on %s, seed %d: %s, test top-1 %.2f", args.activation, args.network, args.seed,
                  result.status, result.final["top1"])
-    checkpoint.unlink(missing_ok=True)
+    drop_finished_checkpoint(checkpoint)  # under the Ray runner: kept until its dvc commit
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pipeline.training.device import resolve_device
 from pipeline.search.loop import save_supernet
 from pipeline.search.loop import run_search
 from pipeline.search.skips import SearchDiverged
+from pipeline.study.stage_checkpoints import drop_finished_checkpoint
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, searched_stage,
                            stage_run, write_csv, write_json)
 
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
         log.info("search %s found %s at epoch %d (last epoch: val top-1 %.2f, discretized %.2f; %d skipped "
                  "steps)", name, summary["formula"], result.selected_epoch, last["val_top1"],
                  last["discretized_val_top1"], result.skipped_steps)
-    checkpoint.unlink(missing_ok=True)
+    drop_finished_checkpoint(checkpoint)  # under the Ray runner: kept until its dvc commit
 
 
 if __name__ == "__main__":
