@@ -104,3 +104,55 @@ def test_the_original_archive_format_is_read(tmp_path):
     assert np.array_equal(data.train_images.numpy(), expected_train)
     assert np.array_equal(data.test_images.numpy(), batches["test_batch"])
     assert data.test_labels.tolist() == [0, 1, 2] and data.classes == tuple(names)
+
+
+def test_a_stalled_download_fails_after_its_timeout_instead_of_hanging(tmp_path):
+    """A server that accepts the connection and never answers (issue 24, item 12: urllib's urlretrieve has no
+    timeout, so the download stage waited for good)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz"
+    outcome = []
+
+    def fetch():
+        try:
+            urlretrieve(url, tmp_path / "x", timeout=0.5)
+        except DataError as error:
+            outcome.append(str(error))
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "the download still waits on a silent server"
+    finally:
+        server.close()
+    [message] = outcome
+    assert "\n" not in message and "no data for 0.5 s" in message and f"{OFFLINE_ENV}=" in message
+
+
+@pytest.mark.parametrize("name", ["cifar10-jpeg.tar.gz", "cifar-10-python.tar.gz"])
+def test_a_local_copy_with_a_known_name_and_the_wrong_md5_is_refused(tmp_path, monkeypatch, name):
+    copy = tmp_path / "copies" / name
+    copy.parent.mkdir()
+    copy.write_bytes(b"the first megabyte of the archive, then the copy was cut")
+    raw = tmp_path / "raw"
+    monkeypatch.setenv(OFFLINE_ENV, str(copy))
+    with pytest.raises(DataError) as caught:
+        fetch_raw(URL, None, raw, LocalCopy(b"never"))
+    message = str(caught.value)
+    assert "\n" not in message and f"{OFFLINE_ENV}=" in message and "truncated or corrupt" in message
+    assert hashlib.md5(copy.read_bytes()).hexdigest() in message
+    monkeypatch.delenv(OFFLINE_ENV)
+    with pytest.raises(DataError, match="data.source = .* truncated or corrupt"):  # the same as data.source
+        fetch_raw(str(copy), None, raw, LocalCopy(b"never"))
+
+
+def test_the_intact_shared_archive_passes_its_md5_check(tmp_path, monkeypatch, shared_archive):
+    monkeypatch.setenv(OFFLINE_ENV, str(shared_archive))
+    target = fetch_raw(URL, None, tmp_path / "raw", LocalCopy(b"never"))
+    assert target.name == "cifar10-jpeg.tar.gz" and data_name(target) == "CIFAR-10 (JPEG q75 copy)"
