@@ -389,7 +389,13 @@ def params_markdown() -> str:
     return params_table(study_schema(Params))
 
 
-if __name__ == "__main__":
+def summary(file: str | Path, params: Params) -> str:
+    """The line `actsearch check` prints for a valid file."""
+    return (f"{file} is valid: {len(params.activations())} activations x {len(params.evaluate.networks)} networks x "
+            f"{len(params.evaluate.seeds)} seeds, {len(params.search.names())} searches")
+
+
+if __name__ == "__main__":  # the older spelling of `actsearch check [file]` and `actsearch schema` (study/cli.py)
     parser = argparse.ArgumentParser(description="Check a params file (default params.yaml) without running it.")
     parser.add_argument("file", nargs="?", default="params.yaml")
     parser.add_argument("--schema", metavar="OUT", help=f"write the JSON schema of params.yaml (e.g. {SCHEMA_FILE})")
@@ -402,8 +408,6 @@ if __name__ == "__main__":
             Path(args.table).write_text(params_markdown())
         sys.exit(0)
     try:  # run from the project root: a preset's relative paths are meant relative to it, as in params.yaml
-        loaded = load_params(args.file, root=Path.cwd())
+        print(summary(args.file, load_params(args.file, root=Path.cwd())))
     except ParamsError as error:
         sys.exit(f"error: {error}")
-    print(f"{args.file} is valid: {len(loaded.activations())} activations x {len(loaded.evaluate.networks)} "
-          f"networks x {len(loaded.evaluate.seeds)} seeds, {len(loaded.search.names())} searches")
