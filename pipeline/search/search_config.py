@@ -80,19 +80,23 @@ class SearchSettings(BaseModel):
     betas_with: Literal["weights", "arch"] = Field("weights", description="which optimizer trains the betas")
     beta_init: Literal["default", "grafs"] = Field("default", description="default: each operator's beta_init | "
                                                    "grafs: N(1, 0.25) draws (GRAFS)")
-    beta_clamp: Optional[PositiveFinite] = Field(None, description="betas projected into [-beta_clamp, beta_clamp] "
-                                                                   "(GRAFS: 10); null: free")
+    beta_clamp: Optional[PositiveFinite] = Field(None, description="before every forward pass of the supernet the "
+                                                 "betas are projected into [-beta_clamp, beta_clamp], in place so the "
+                                                 "gradient at the bound stays live (GRAFS: 10); null: free. A search-"
+                                                 "time stabiliser only")
     warmup_epochs: int = Field(0, ge=0, description="epochs that train only the weights before the alphas move")
     warmstart_epochs: int = Field(0, ge=0, description="GRAFS: epochs whose weight steps run the network with "
-                                                       "plain ReLU (the arch step runs on the mixed cell)")
+                                   "plain ReLU while the arch step already trains the alphas on the mixed cell (its "
+                                   "gradient reaches only the alphas and arch-trained betas, never the weights)")
     start_shrinking: Optional[int] = Field(None, ge=0, description="GRAFS: epoch (from 0) of the first operator drop "
                                    "of progressive shrinking; the lowest-weight operators are dropped, log-spaced over "
                                    "the remaining epochs, until one per edge is left; null: no shrinking")
     compile_min_steps: int = Field(200, ge=0, description="progressive shrinking: a candidate set serving fewer "
                                    "search iterations runs its fused cell eagerly instead of compiling kernels for it "
                                    "(0: compile every set; without shrinking the one set serves the whole search)")
-    bn_recalibration_batches: int = Field(10, ge=0, description="training batches that re-estimate BatchNorm before "
-                                                                "the discretized network is measured; 0: none")
+    bn_recalibration_batches: int = Field(10, ge=0, description="every epoch the discretized network (argmax genotype, "
+                                          "supernet's weights) is measured on the architecture split after this many "
+                                          "training batches re-estimate its BatchNorm statistics; 0: none")
     select: Literal["best", "last"] = Field("last", description="the supernet of the epoch whose discretized network "
                                                                 "is best | the last epoch")
     selection: Literal["argmax", "perturbation"] = Field("argmax", description="genotype from that supernet: argmax "

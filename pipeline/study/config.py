@@ -76,10 +76,13 @@ CustomName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$",
 class StudyParams(BaseModel):
     model_config = SETTINGS
     experiment: str = Field(min_length=1, description="MLflow experiment name")
-    tracking_uri: Optional[str] = Field(description="null: sqlite mlflow.db at the project root; "
-                                                    "the env MLFLOW_TRACKING_URI wins")
+    tracking_uri: Optional[str] = Field(description="null: sqlite mlflow.db at the project root (artifacts in "
+                                                    "mlartifacts/) | an http(s):// server | a sqlite:/// path; the "
+                                                    "environment variable MLFLOW_TRACKING_URI wins over both")
     mlflow: bool = Field(description="false: no MLflow runs (the DVC outputs are written all the same)")
-    device: Annotated[str, AfterValidator(_available)] = Field(description="auto | cpu | cuda | cuda:N | mps")
+    device: Annotated[str, AfterValidator(_available)] = Field(description="auto (CUDA, then MPS, then CPU) | "
+                                                                           "cpu | cuda | cuda:N | mps; an unavailable "
+                                                                           "device is an error")
 
 
 class PreflightParams(BaseModel):
@@ -93,11 +96,15 @@ class DataParams(BaseModel):
                         "stage) or a local archive, cifar-10-batches-py folder or train/ test/ image tree; offline, "
                         f"the environment variable {OFFLINE_ENV} wins")
     md5: Optional[str] = Field(pattern=r"^[0-9a-f]{32}$", description="MD5 of the download; null: unchecked")
-    cache_dir: str = Field(min_length=1, description="decoded-image cache (not a DVC output)")
-    train_size: Optional[int] = Field(ge=1, le=CIFAR_TRAIN_IMAGES, description="balanced subset; null: all")
-    test_size: Optional[int] = Field(ge=1, le=CIFAR_TEST_IMAGES, description="balanced subset; null: all")
+    cache_dir: str = Field(min_length=1, description="decoded-image cache, one file per source (not a DVC output; "
+                                                     "safe to delete)")
+    train_size: Optional[int] = Field(ge=1, le=CIFAR_TRAIN_IMAGES, description="class-balanced subset of the 50,000 "
+                                                                               "training images; null: all")
+    test_size: Optional[int] = Field(ge=1, le=CIFAR_TEST_IMAGES, description="class-balanced subset of the 10,000 "
+                                                                            "test images; null: all")
     search_train_size: int = Field(ge=1, description="search: images for the supernet's weights")
-    search_val_size: int = Field(ge=1, description="search: images for the architecture step (disjoint)")
+    search_val_size: int = Field(ge=1, description="search: images for the architecture step and the "
+                                                   "discretization gap (disjoint from search_train_size's)")
     seed: int = Field(ge=0, description="seed of the balanced subsets and of the search split")
 
 
@@ -154,9 +161,12 @@ class EvaluateParams(TrainSettings):
                                                                  "searched ones (may be empty)")
     test_batch_size: int = Field(ge=1, description="batch of the test-set evaluations")
     beta_mode: Literal[BETA_MODES] = Field(description="the searched functions' betas: scalar | channel")
-    betas: Literal["shared", "per_site"] = Field(description="shared: one set of betas per network, as searched | "
-                                                             "per_site: a copy per activation site")
-    train_betas: bool = Field(description="keep training the betas while retraining")
+    betas: Literal["shared", "per_site"] = Field(description="shared: the function is retrained as it was searched, "
+                                                             "one set of betas for the whole network starting from "
+                                                             "the searched values | per_site: a copy per activation "
+                                                             "site (needed for beta_mode channel)")
+    train_betas: bool = Field(description="keep training the betas while retraining; false: frozen at the searched "
+                                          "values")
 
     def train_config(self, seed: int, device: str = "auto") -> TrainConfig:
         return TrainConfig(**self.model_dump(include=set(TrainSettings.model_fields)), seed=seed, device=device)

@@ -62,9 +62,9 @@ class TrainSettings(BaseModel):
                                                           "inf disables the check")
     chance_margin: float = Field(5.0, ge=0, lt=100, description="final top-1 <= 10% + this = failed_to_learn")
     eval_every: int = Field(1, ge=1, description="evaluate the test set after every N-th epoch and always after the "
-                                                 "last (the result)")
+                                                 "last (the result); the other epochs' records hold NaN test metrics")
     deterministic: bool = Field(True, description="CPU: torch's deterministic algorithms (bit-exact resume); "
-                                                  "false: ~10% faster steps")
+                                                  "false: ~10% faster steps. CUDA runs are never deterministic")
 
     @model_validator(mode="after")
     def _consistent(self):
