@@ -25,11 +25,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
-    from tests.conftest import SHARED_ARCHIVE
+    from tests.conftest import shared_archive_or_skip
 
-    if not SHARED_ARCHIVE.exists():
-        pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
-    return load_cifar10(SHARED_ARCHIVE, tmp_path_factory.mktemp("cache"))
+    return load_cifar10(shared_archive_or_skip(), tmp_path_factory.mktemp("cache"))
 
 
 def test_relu_resnet8_learns_cifar10_subset(cifar):

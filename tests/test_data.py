@@ -22,7 +22,6 @@ from pipeline.data.sources import HOW_TO_FIX
 # Deliberately not alphabetical, so the test sees the loader sort them into label order.
 CLASSES = ("truck", "airplane", "ship", "bird", "horse", "cat", "frog", "deer", "dog", "automobile")
 SORTED = tuple(sorted(CLASSES))
-SHARED_ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 
 
 def pattern(label: int, index: int, split: str) -> np.ndarray:
@@ -418,12 +417,11 @@ def test_cuda_batches_equal_cpu_batches():
 
 # ------------------------------------------------------------------------------------------------ real data
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"{SHARED_ARCHIVE} is absent")
-def test_real_shared_archive(tmp_path):
+def test_real_shared_archive(tmp_path, shared_archive):
     started = time.perf_counter()
-    data = load_cifar10(SHARED_ARCHIVE, tmp_path)
+    data = load_cifar10(shared_archive, tmp_path)
     decoded = time.perf_counter()
-    cached = load_cifar10(SHARED_ARCHIVE, tmp_path)
+    cached = load_cifar10(shared_archive, tmp_path)
     print(f"decode {decoded - started:.1f} s, cache {time.perf_counter() - decoded:.1f} s")
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
     assert data.classes == SORTED
