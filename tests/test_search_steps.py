@@ -1,7 +1,7 @@
 """The search's single steps with exact expected values: the weight step (SGD, clipping, skips, frozen alphas), the
 architect's update and its skips, and the relaxations' bookkeeping (expected weights, entropy, state, factory).
 
-Fast and small on purpose: these are the tests mutation testing runs (README, "Development").
+Fast and small on purpose: these are the tests mutation testing runs (docs/development.md).
 """
 import math
 
