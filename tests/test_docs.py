@@ -76,3 +76,13 @@ def test_the_pipeline_docs_mlflow_table_has_one_row_per_stage_kind():
     section = (ROOT / "docs" / "pipeline.md").read_text().split("\n## MLflow\n", 1)[1]
     kinds = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][2:]
     assert len(kinds) == len(set(kinds)) and {"search", "evaluate", "aggregate"} <= set(kinds)
+
+
+def test_every_dvc_stage_has_a_description_for_dvc_stage_list():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert not [name for name, stage in stages.items() if not stage.get("desc", "").strip()]
+    assert all(len(stage["desc"]) <= 80 for stage in stages.values())  # dvc stage list cuts longer ones
+
+
+def test_dvc_plots_output_is_git_ignored():
+    assert "/dvc_plots/" in (ROOT / ".gitignore").read_text().splitlines()
