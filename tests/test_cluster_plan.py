@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.study.cluster_plan import StagePlan
-from pipeline.study.cluster import read_graph
+from pipeline.study.cluster_dvc import read_graph
 from pipeline.study.config import search_stage_suffix
 from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options
 from pipeline.study.config import ParamsError, load_params
@@ -111,7 +111,11 @@ def test_a_simple_command_replaces_its_shell_and_a_list_keeps_it():
 
 
 def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
-    needs, cmds = read_graph(ROOT, [])
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        needs, cmds = read_graph(repo, [])
+        only, _ = read_graph(repo, [f"discretize@{search_stage_suffix(*_first_search())}"])
     params = load_params(ROOT / "params.yaml", check_paths=False)
     o, s, seed0 = params.search.optimizers[0], params.search.spaces[0], params.search.seeds[0]
     suffix = search_stage_suffix(o, s, seed0)  # DVC names matrix stages by their values: darts-simple-0
@@ -123,6 +127,11 @@ def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
     assert needs["aggregate"] == set(needs) - {"aggregate", "prepare", "download"}
     assert cmds[f"search@{suffix}"] == f"python -m stages.search --optimizer {o} --space {s} --seed {seed0}"
 
-    only, _ = read_graph(ROOT, [f"discretize@{suffix}"])  # a target brings what it needs, nothing else
+    # a target brings what it needs, nothing else
     assert only == {"download": set(), "prepare": {"download"}, f"search@{suffix}": {"prepare"},
                     f"discretize@{suffix}": {"prepare", f"search@{suffix}"}}
+
+
+def _first_search() -> tuple[str, str, int]:
+    params = load_params(ROOT / "params.yaml", check_paths=False)
+    return params.search.optimizers[0], params.search.spaces[0], params.search.seeds[0]

@@ -11,107 +11,55 @@ the driver, the only process that writes dvc.lock, records the stage as `dvc com
 the outputs, the dvc.lock entries and `dvc status` are those of a serial `dvc repro`; only the order of the
 entries in dvc.lock follows the order in which stages finished (DVC reads it as a mapping).
 
-A stage that fails for good blocks its dependents while independent stages finish; the runner then exits 1
-naming each failed stage and its log (`logs/<stage>.log`). Ctrl-C cancels the running tasks, commits nothing
-unfinished and exits 130: dvc.lock holds exactly the stages that finished.
+The runner holds DVC's repo lock for the whole run (`cluster_dvc`): a `dvc repro` or a second runner started
+meanwhile stops with one line. A stage that fails for good, or whose `dvc commit` fails, blocks its dependents
+while independent stages finish; the runner then exits 1 naming each such stage and its log (`logs/<stage>.log`).
+A stage's checkpoint is deleted only once the stage is committed. Ctrl-C, SIGTERM and SIGHUP cancel the running
+tasks, commit nothing unfinished and exit 128 + the signal (`cluster_signals`): dvc.lock holds exactly the stages
+that finished.
 """
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
 
 import ray
-from dvc.repo import Repo
 
-from pipeline.study.cluster_mlflow import mlflow_server
+from pipeline.study.cluster_dvc import LockedProject, locked_project
+from pipeline.study.cluster_mlflow import Credentials, is_loopback, mlflow_server, server_host
 from pipeline.study.cluster_plan import StagePlan
-from pipeline.study.cluster_ray import (check_shared_filesystem, forwarded_env, free_port, log_path, run_stage_task,
-                                        stage_kind, task_options)
+from pipeline.study.cluster_ray import (FORWARDED_ENV_PREFIXES, check_shared_filesystem, forwarded_env, free_port,
+                                        log_path, ray_auth_warning, run_stage_task, stage_kind, task_options,
+                                        token_auth_enabled)
+from pipeline.study.cluster_secrets import SECRETS_FILE_ENV, secrets_of, write_secrets
+from pipeline.study.cluster_signals import Interrupt
 from pipeline.study.config import ParamsError, load_params
+from pipeline.study.stage_checkpoints import KEEP_CHECKPOINT_ENV, checkpoint_file
 
-POLL_S = 1.0  # how often the driver looks up from ray.wait to notice Ctrl-C
-
-
-def read_graph(root: Path, targets: list[str]) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """DVC's stage graph, restricted to the targets and what they depend on: (needs, stage -> cmd)."""
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # an edge points from a stage to a stage whose output it uses
-        chosen = set(graph.nodes)
-        if targets:
-            wanted = [stage for target in targets for stage in repo.stage.collect(target)]
-            chosen = set().union(*(_downward(graph, stage) for stage in wanted))
-        runnable = {stage for stage in chosen if stage.cmd}  # .dvc data sources have nothing to run
-        needs = {stage.addressing: {dep.addressing for dep in graph.successors(stage) if dep in runnable}
-                 for stage in runnable}
-        return needs, {stage.addressing: stage.cmd for stage in runnable}
+POLL_S = 1.0  # how often the driver looks up from ray.wait to notice a stop signal
 
 
-def _downward(graph, stage) -> set:
-    found, frontier = {stage}, [stage]
-    while frontier:
-        for dep in graph.successors(frontier.pop()):
-            if dep not in found:
-                found.add(dep)
-                frontier.append(dep)
-    return found
-
-
-def stale_stages(root: Path, targets: list[str]) -> dict:
-    """`dvc status` of the targets and everything upstream of them: empty when nothing would run."""
-    with Repo(str(root)) as repo:
-        return repo.status(targets=targets or None, with_deps=True)
-
-
-def prepare_if_changed(root: Path, name: str) -> bool:
-    """True, with its outputs removed as `dvc repro` does before a run, if DVC finds the stage changed."""
-    with Repo(str(root)) as repo, repo.lock:  # DVC's stage checks expect the repo lock held, as in `dvc repro`
-        (stage,) = repo.stage.collect(name)
-        if stage.frozen or not stage.changed():
-            return False
-        stage.remove_outs(ignore_remove=False, force=False)
-        return True
-
-
-def commit(root: Path, name: str) -> None:
-    with Repo(str(root)) as repo:
-        repo.commit(name, force=True)
-
-
-class Interrupt:
-    """Ctrl-C sets a flag the loop checks, so that no dvc.lock write is cut in half."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        previous = signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: the user does not want to wait for the cancellation
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupted: cancelling the running stages (Ctrl-C again to stop waiting)", flush=True)
-
-
-def run_plan(root: Path, plan: StagePlan, cmds: dict[str, str], options: dict[str, dict], env: dict[str, str],
-             interrupt: Interrupt) -> int:
-    """Run the stale stages of `plan`; returns the exit status (0, 1 when a stage failed, 130 on Ctrl-C)."""
+def run_plan(project: LockedProject, plan: StagePlan, cmds: dict[str, str], options: dict[str, dict],
+             env: dict[str, str], interrupt: Interrupt) -> int:
+    """Run the stale stages of `plan`; returns the exit status (0; 1 when a stage failed; 128 + signal if stopped)."""
+    root = Path(project.repo.root_dir)
     running: dict[ray.ObjectRef, str] = {}
     problems: list[str] = []
+
+    def failed(name: str, what: str) -> None:
+        blocked = plan.fail(name)
+        problems.append(f"stage '{name}' {what}; its log: {log_path(root, name).relative_to(root)}"
+                        + (f"; not run: {', '.join(sorted(blocked))}" if blocked else ""))
+        print(f"error: {problems[-1]}", flush=True)
+
     while True:
         while not interrupt.requested and (ready := plan.ready()):
             for name in ready:
-                if not prepare_if_changed(root, name):
+                if not project.prepare_if_changed(name):
                     print(f"Stage '{name}' didn't change, skipping", flush=True)
                     plan.finish(name)
                     continue
@@ -128,49 +76,55 @@ def run_plan(root: Path, plan: StagePlan, cmds: dict[str, str], options: dict[st
             try:
                 info = ray.get(task)
             except ray.exceptions.RayError as err:
-                blocked = plan.fail(name)
-                problems.append(f"stage '{name}' failed ({type(err).__name__}); its log: "
-                                f"{log_path(root, name).relative_to(root)}"
-                                + (f"; not run: {', '.join(sorted(blocked))}" if blocked else ""))
-                print(f"error: {problems[-1]}", flush=True)
+                failed(name, f"failed ({type(err).__name__})")
                 continue
-            commit(root, name)
+            try:
+                project.commit(name)
+            except Exception as err:  # a full cache disk, an output the command did not write: this stage only
+                failed(name, f"ran, but `dvc commit` failed ({type(err).__name__}: {err}); its checkpoint is kept, "
+                             f"a rerun resumes it")
+                continue
+            checkpoint_file(root, name).unlink(missing_ok=True)  # committed: nothing left to resume
             plan.finish(name)
             print(f"Stage '{name}' done on {info['node']} in {info['seconds']:.1f} s, committed", flush=True)
         if interrupt.requested and running:
-            return _cancel(running)
+            return _cancel(running, interrupt)
     if interrupt.requested:
-        return 130
+        return interrupt.exit_status()
     if problems:
         print("error: " + " | ".join(problems), file=sys.stderr)
         return 1
     return 0
 
 
-def _cancel(running: dict) -> int:
+def _cancel(running: dict, interrupt: Interrupt) -> int:
     for task in running:
         ray.cancel(task, force=True)  # kills the worker; the stage's command dies with it
     ray.wait(list(running), num_returns=len(running), timeout=60)
     print(f"interrupted: not committed (rerun to redo them): {', '.join(sorted(running.values()))}",
           file=sys.stderr)
-    return 130
+    return interrupt.exit_status()
 
 
-def tracking_uri(args, params, multi_node: bool, stack: ExitStack, root: Path) -> dict[str, str]:
-    """MLFLOW_TRACKING_URI for the tasks: given, served by one `mlflow server`, or the params' store as is."""
+def tracking_env(args, params, multi_node: bool, stack: ExitStack, root: Path) -> tuple[dict[str, str], dict]:
+    """(MLFLOW_TRACKING_URI for the tasks: given, served by one `mlflow server`, or the params' store as is;
+    the secrets they need to use it)."""
     if not params.study.mlflow:
-        return {}
+        return {}, {}
+    driver_secrets = secrets_of(dict(os.environ), FORWARDED_ENV_PREFIXES)  # e.g. for a --tracking-uri server
     if args.tracking_uri:
-        return {"MLFLOW_TRACKING_URI": args.tracking_uri}
+        return {"MLFLOW_TRACKING_URI": args.tracking_uri}, driver_secrets
     store = params.tracking_uri()
     serve = args.mlflow == "server" or (args.mlflow == "auto" and multi_node and store.startswith("sqlite:"))
     if not serve:
-        return {"MLFLOW_TRACKING_URI": store}
-    host = args.mlflow_host or _driver_node_ip()
-    print(f"starting mlflow server on {host} in front of {store}", flush=True)
+        return {"MLFLOW_TRACKING_URI": store}, driver_secrets
+    host = server_host(args.mlflow_host, multi_node, _driver_node_ip() if multi_node else "")
+    credentials = None if is_loopback(host) else Credentials.generate()  # reachable from the network: basic auth
+    print(f"starting mlflow server on {host}{' with basic auth' if credentials else ''} in front of {store}",
+          flush=True)
     uri = stack.enter_context(mlflow_server(store, host, args.mlflow_port or free_port(host),
-                                            log_path(root, "mlflow-server")))
-    return {"MLFLOW_TRACKING_URI": uri}
+                                            log_path(root, "mlflow-server"), credentials))
+    return {"MLFLOW_TRACKING_URI": uri}, driver_secrets | (credentials.as_env() if credentials else {})
 
 
 def _driver_node_ip() -> str:
@@ -184,29 +138,37 @@ def repro(args) -> int:
         params = load_params(root / "params.yaml")
     except ParamsError as error:
         raise SystemExit(f"error: {error}") from None
-    needs, cmds = read_graph(root, args.stages)
-    kinds = {name: stage_kind(name) for name in needs}
-    unknown = sorted({kind for kind in kinds.values() if kind not in params.cluster.model_dump()})
-    if unknown:
-        raise SystemExit(f"error: params.yaml: cluster has no resources for stage kind(s) {unknown}; add e.g. "
-                         f"cluster.{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
-    if not stale_stages(root, args.stages):
-        print("Data and pipelines are up to date.", flush=True)  # no cluster, no MLflow server needed
-        return 0
-    ray.init(address=args.address, log_to_driver=False)
     with ExitStack() as stack:
+        project = stack.enter_context(locked_project(root))  # held until the last commit: one writer at a time
+        needs, cmds = project.graph(args.stages)
+        kinds = {name: stage_kind(name) for name in needs}
+        unknown = sorted({kind for kind in kinds.values() if kind not in params.cluster.model_dump()})
+        if unknown:
+            raise SystemExit(f"error: params.yaml: cluster has no resources for stage kind(s) {unknown}; add e.g. "
+                             f"cluster.{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
+        if not project.stale(args.stages):
+            print("Data and pipelines are up to date.", flush=True)  # no cluster, no MLflow server needed
+            return 0
+        ray.init(address=args.address, log_to_driver=False)
         stack.callback(ray.shutdown)
         nodes = [node for node in ray.nodes() if node["Alive"]]
+        if warning := ray_auth_warning(len(nodes), token_auth_enabled()):
+            print(warning, file=sys.stderr, flush=True)
         check_shared_filesystem(root)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         if not has_gpus:
             print("no GPUs in the cluster: every stage runs on CPUs (num_gpus ignored)", flush=True)
         options = {name: task_options(params.cluster.model_dump(), kind, has_gpus) for name, kind in kinds.items()}
-        env = forwarded_env(tracking_uri(args, params, len(nodes) > 1, stack, root))
+        uri, secrets = tracking_env(args, params, len(nodes) > 1, stack, root)
+        env = forwarded_env(uri | {KEEP_CHECKPOINT_ENV: "1"})  # the runner deletes checkpoints after commits
+        if secrets:
+            secrets_file = write_secrets(root, secrets)
+            stack.callback(secrets_file.unlink, missing_ok=True)
+            env[SECRETS_FILE_ENV] = str(secrets_file)
         interrupt = Interrupt()
         started = time.monotonic()
         with interrupt.installed():
-            status = run_plan(root, StagePlan(needs), cmds, options, env, interrupt)
+            status = run_plan(project, StagePlan(needs), cmds, options, env, interrupt)
         print(f"cluster repro: {time.monotonic() - started:.1f} s on {len(nodes)} node(s), exit status {status}",
               flush=True)
         return status
@@ -222,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="server: start one `mlflow server` in front of the store; store: the store as is; "
                           "auto: a server when the cluster has several nodes and the store is SQLite")
     run.add_argument("--tracking-uri", help="an MLflow server already running (the tasks get this URI)")
-    run.add_argument("--mlflow-host", help="address the started server binds to (default: the driver node's)")
+    run.add_argument("--mlflow-host", help="address the started server binds to (default: 127.0.0.1 on one node, "
+                                           "the driver node's address with basic auth on several)")
     run.add_argument("--mlflow-port", type=int, default=0, help="its port (default: a free one)")
     return repro(parser.parse_args(argv))
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.study.cluster_secrets import read_secrets, without_secrets
+
 LOG_DIR = "logs"
 MARKER_DIR = Path(".dvc") / "tmp" / "cluster"  # DVC's own scratch folder: git-ignored by DVC
 FORWARDED_ENV_PREFIXES = ("ACTSEARCH_", "MLFLOW_", "DVC_", "TORCHINDUCTOR_")  # driver env the stages read
@@ -57,8 +59,28 @@ def task_options(settings: dict, kind: str, cluster_has_gpus: bool) -> dict:
 
 
 def forwarded_env(extra: dict[str, str]) -> dict[str, str]:
-    """The driver's settings for the stages (fused-kernel mode, MLflow, DVC), plus `extra` (the tracking URI)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)} | extra
+    """The driver's settings for the stages (fused-kernel mode, MLflow, DVC), plus `extra` (the tracking URI).
+    No secret: the env dict is a task argument, which Ray stores and shows (see `cluster_secrets`)."""
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)} | extra
+    return without_secrets(forwarded)
+
+
+def ray_auth_warning(node_count: int, token_auth: bool) -> str | None:
+    """Ray runs any code for whoever reaches its ports: on several nodes, without token auth, say so."""
+    if node_count <= 1 or token_auth:
+        return None
+    return (f"warning: this Ray cluster has {node_count} nodes and no token authentication: anyone who can reach "
+            f"its ports can run code on every node. Restart it with RAY_AUTH_MODE=token (driver and nodes) and "
+            f"firewall its ports to the cluster's machines; see docs/cluster.md, 'Security'")
+
+
+def token_auth_enabled() -> bool:
+    """Whether the connected cluster checks Ray's token (Ray 2.60 asks the raylet; RAY_AUTH_MODE otherwise)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+        return is_token_auth_enabled()
+    except ImportError:
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 def _die_with_parent() -> None:
@@ -75,6 +97,7 @@ def _exec_form(cmd: str) -> str:
 def run_command(stage: str, cmd: str, root: str, env: dict[str, str]) -> dict:
     """Run one stage's command on this node; returns where and how long it ran."""
     environment = os.environ | env
+    environment |= read_secrets(environment)  # tracking credentials, from a file only this user can read
     # The interpreter Ray runs this worker with is the one the project was installed in (`python -m stages...`).
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     log = log_path(Path(root), stage)
