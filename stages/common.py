@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ from typing import Callable
 import torch
 
 from pipeline.data.augment import BatchLoader
-from pipeline.training.checkpoint import CheckpointError
+from pipeline.training.checkpoint import CheckpointError, hash_files
 from pipeline.study.config import Params, ParamsError, load_params, search_stage_suffix, searched_name
 from pipeline.data.cifar import DataError
 from pipeline.study.preflight import PreflightError, check_free_space
@@ -110,6 +111,21 @@ def search_loaders(batch_size: int, seed: int, device: torch.device, drop_last: 
 
 def checkpoint_path(stage: str) -> Path:
     return checkpoint_file(ROOT, stage)  # the Ray runner finds it by the same rule
+
+
+def stage_inputs(stage: str, item: dict, root: Path = ROOT) -> dict[str, str]:
+    """Hashes of every dependency dvc.yaml lists for `stage` (its data and its code), with `${item.<key>}` filled
+    from `item`: what a checkpoint must have been computed from to be resumed (pipeline.training.checkpoint)."""
+    import yaml
+
+    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["deps"]
+
+    def fill(dep: str) -> str:
+        filled = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), dep)
+        if "${" in filled:
+            raise ValueError(f"dvc.yaml: stage {stage} dependency {dep!r} has a value this stage does not fill")
+        return filled
+    return hash_files(root, [fill(dep) for dep in deps])
 
 
 def resume_or_restart(work: Callable[[Path], object], checkpoint: Path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import torch
 
@@ -22,8 +23,8 @@ from pipeline.space.genotype import BASELINES, Genotype, GenotypeError
 from pipeline.space.models import build_resnet, count_parameters
 from pipeline.training.train import train_model
 from pipeline.study.stage_checkpoints import drop_finished_checkpoint
-from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_run, start,
-                           write_csv, write_json)
+from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_inputs,
+                           stage_run, start, write_csv, write_json)
 
 ORIGINS = ("baseline", "searched", "custom")
 STAGE_ERRORS = (GenotypeError,)  # user errors of this stage: one line, no traceback (stages.common.run)
@@ -44,6 +45,17 @@ def resolve_genotype(params: Params, origin: str, activation: str) -> Genotype:
     except GenotypeError as error:  # the discretize stage wrote it: rerunning that stage rewrites it
         stage = f"discretize@{search_stage_suffix(*parse_searched(activation))}"
         raise GenotypeError(f"{error}; rerun the search's discretize stage: dvc repro -f {stage}") from None
+
+
+def retraining_inputs(origin: str, activation: str, network: str, seed: int, root: Path = ROOT) -> dict[str, str]:
+    """Hashes of what this retraining reads (dvc.yaml's deps of its stage: the prepared data, a searched or custom
+    genotype, the code), kept in its checkpoint so that a checkpoint on other inputs is discarded, not resumed."""
+    if origin == "searched":
+        optimizer, space, search_seed = parse_searched(activation)
+        item = {"optimizer": optimizer, "space": space, "search_seed": search_seed}
+    else:
+        item = {"activation": activation}
+    return stage_inputs(f"evaluate-{origin}", item | {"network": network, "seed": seed}, root)
 
 
 def main(argv: list[str]) -> None:
@@ -80,11 +92,14 @@ def main(argv: list[str]) -> None:
         def log_epoch(record: dict) -> None:
             mlflow_run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
+        inputs = retraining_inputs(args.origin, args.activation, args.network, args.seed)
+
         def train(path):
             seed_everything(args.seed, deterministic=device.type == "cpu")  # the initial weights depend on it
             model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode, params.evaluate.train_betas,
                                                                 fast_forward, params.evaluate.betas))
-            meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict()}
+            meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict(),
+                    "inputs": inputs}  # a checkpoint on other data, genotype or code is discarded
             return model, train_model(model, train_loader, test_loader, cfg, checkpoint_path=path,
                                       on_epoch=log_epoch, checkpoint_meta=meta)
 

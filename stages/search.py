@@ -17,7 +17,7 @@ from pipeline.search.loop import run_search
 from pipeline.search.skips import SearchDiverged
 from pipeline.study.stage_checkpoints import drop_finished_checkpoint
 from stages.common import (RESULTS, checkpoint_path, log, resume_or_restart, run, search_loaders, searched_stage,
-                           stage_run, write_csv, write_json)
+                           stage_inputs, stage_run, write_csv, write_json)
 
 STAGE_ERRORS = (SearchDiverged,)  # user errors of this stage: one line, no traceback (stages.common.run)
 
@@ -54,8 +54,11 @@ def main(argv: list[str]) -> None:
             logged.add(record["epoch"])
 
         checkpoint = checkpoint_path(stage)
+        # A checkpoint of this search on other data (data.seed, a new prepare) or other code is discarded.
+        inputs = stage_inputs("search", {"optimizer": args.optimizer, "space": args.space, "seed": args.seed})
         result = resume_or_restart(lambda path: run_search(cfg, train_loader, val_loader, checkpoint_path=path,
-                                                           on_epoch=log_epoch, progress=True), checkpoint)
+                                                           on_epoch=log_epoch, progress=True,
+                                                           checkpoint_inputs=inputs), checkpoint)
         for record in result.history:  # epochs done before a resume were logged by the killed run
             if record["epoch"] not in logged:
                 log_epoch(record)

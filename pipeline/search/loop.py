@@ -6,7 +6,9 @@ alphas frozen. A step whose loss or gradients are not finite is skipped and coun
 BatchNorm statistics its forward pass moved are put back (`pipeline.search.skips`); above a fraction of skipped
 steps (`MAX_SKIPPED_FRACTION`) the search fails with `SearchDiverged`. Every epoch
 records losses, top-1/top-5, operator weights and their entropy, the argmax genotype and its formula, the betas
-and the temperature; a checkpoint after every epoch lets a killed search resume exactly where it stopped.
+and the temperature; a checkpoint after every epoch lets a killed search resume exactly where it stopped. The
+checkpoint belongs to the settings, the steps per epoch and `checkpoint_inputs` (the stage's hashed data and code):
+one left by a run that differs in any of them is refused (CheckpointError), never resumed.
 
 The GRAFS procedure (Strack et al. 2024), each part optional:
 - ReLU warm start (`warmstart_epochs`): the weight steps of the first epochs run every site as plain ReLU, while
@@ -90,7 +92,8 @@ def _epoch_record(supernet: Supernet, epoch: int) -> dict:
 
 def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: Optional[Path] = None,
                on_epoch: Optional[Callable[[dict], None]] = None, progress: bool = False,
-               max_skipped_fraction: float = MAX_SKIPPED_FRACTION) -> SearchResult:
+               max_skipped_fraction: float = MAX_SKIPPED_FRACTION,
+               checkpoint_inputs: Optional[dict] = None) -> SearchResult:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
     supernet = build_supernet(cfg).to(device)
@@ -109,8 +112,10 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     history: list[dict] = []
     skipped, steps, start_epoch = 0, 0, 0
     best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take
-    fingerprint = config_fingerprint(cfg.model_dump(mode="json", exclude={"device"}))
-    state = load_checkpoint(checkpoint_path, {"fingerprint": fingerprint}) if checkpoint_path else None
+    # What a checkpoint must share with this run to be resumed (the device may differ: same trajectory).
+    belongs = {"fingerprint": config_fingerprint(cfg.model_dump(mode="json", exclude={"device"})),
+               "steps_per_epoch": len(train_loader), "inputs": dict(checkpoint_inputs or {})}
+    state = load_checkpoint(checkpoint_path, belongs) if checkpoint_path else None
     if state is not None:
         supernet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -178,7 +183,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
                      val["top1"], discrete["top1"], record["formula"])
         if checkpoint_path:
             save_checkpoint(checkpoint_path, {
-                "fingerprint": fingerprint, "epoch": epoch + 1, "model": supernet.state_dict(),
+                **belongs, "epoch": epoch + 1, "model": supernet.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "architect": architect.state_dict(), "relaxation": supernet.relaxation.state_dict(),
                 "history": history, "skipped_steps": skipped, "steps": steps, "best": best, "rng": rng_state()})

@@ -3,6 +3,10 @@
 A checkpoint is a dict of tensors and plain Python values (no pickled classes), written to a temporary
 file in the target directory, fsynced, then renamed over the target: a crash leaves either the old
 checkpoint or the new one, never half a file. Loading uses `torch.load(weights_only=True)`.
+
+A checkpoint belongs to its settings and to its inputs: `hash_files` fingerprints the files a stage reads (its data
+and its code, as dvc.yaml lists them), so that a checkpoint left by a run on other data or other code is refused
+instead of resumed.
 """
 from __future__ import annotations
 
@@ -32,6 +36,29 @@ def config_fingerprint(d: dict) -> str:
         raise ValueError(f"config_fingerprint needs JSON-able values (str, int, float, bool, None, "
                          f"lists, dicts): {err}") from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def hash_files(root: str | os.PathLike, paths) -> dict[str, str]:
+    """{relative path: 16-hex-digit SHA-256} of every file at `paths` (relative to `root`); a folder stands for
+    every file under it (Python caches left out), a missing path hashes as "missing"."""
+    root, hashes = Path(root), {}
+    for relative in paths:
+        path = root / relative
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
+                    hashes[file.relative_to(root).as_posix()] = _file_hash(file)
+        else:
+            hashes[Path(relative).as_posix()] = _file_hash(path) if path.is_file() else "missing"
+    return hashes
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -81,12 +108,21 @@ def _equal(found, wanted) -> bool:
         return False
 
 
+def _differences(found, wanted, prefix: str = "") -> list[str]:
+    """Where two nested dicts differ, as `a.b: x in file vs y now` (nested dicts named by their dotted keys)."""
+    diffs = []
+    for k in sorted(set(found) | set(wanted), key=str):
+        old, new = found.get(k, "<missing>"), wanted.get(k, "<missing>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            diffs += _differences(old, new, f"{prefix}{k}.")
+        elif not _equal(old, new):
+            diffs.append(f"{prefix}{k}: {old!r} in file vs {new!r} now")
+    return diffs
+
+
 def _describe_mismatch(key: str, found, wanted) -> str:
     if isinstance(found, dict) and isinstance(wanted, dict):
-        keys = sorted(set(found) | set(wanted), key=str)
-        diffs = [f"{k}: {found.get(k, '<missing>')!r} in file vs {wanted.get(k, '<missing>')!r} now"
-                 for k in keys if found.get(k, "<missing>") != wanted.get(k, "<missing>")]
-        return f"{key} differs ({'; '.join(diffs)})"
+        return f"{key} differs ({'; '.join(_differences(found, wanted))})"
     return f"{key} is {found!r} in the file but {wanted!r} for this run"
 
 
