@@ -4,6 +4,7 @@ that rewrites it, not a traceback (issue 24, item 4)."""
 import json
 
 import pytest
+import torch
 
 import stages.evaluate as evaluate
 from pipeline.space.genotype import Genotype, GenotypeError
@@ -52,3 +53,16 @@ def test_a_broken_searched_genotype_ends_the_stage_with_one_line(tmp_path, monke
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot read genotype file {path}: edge b1: operator 'mul' takes no beta")
     assert line.endswith("rerun the search's discretize stage: dvc repro -f discretize@drnas-simple-0")
+
+
+def test_a_broken_genotype_in_the_searched_supernet_is_a_user_error(tmp_path, capsys):
+    from pipeline.search.loop import load_selected_genotype
+
+    path = tmp_path / "supernet.pt"
+    torch.save({"config": {}, "state_dict": {}, "genotype": {**GOOD, "extra": 1}}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda argv: load_selected_genotype(path))  # the discretize stage's read, under its user errors
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: the genotype stored in the searched supernet {path} is broken (unknown genotype "
+                           f"keys ['extra']") and line.endswith("rerun the search stage")

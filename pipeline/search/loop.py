@@ -244,9 +244,14 @@ def save_supernet(supernet: Supernet, cfg: SearchConfig, path: Path, genotype: O
 
 
 def load_selected_genotype(path: Path) -> Optional[Genotype]:
-    """The genotype `save_supernet` stored beside the supernet (None if it stored none)."""
+    """The genotype `save_supernet` stored beside the supernet (None if it stored none); a broken one is a
+    CheckpointError (one line for the user: rerun the search), not a traceback."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return None if saved.get("genotype") is None else Genotype.from_dict(saved["genotype"])
+    try:
+        return None if saved.get("genotype") is None else Genotype.from_dict(saved["genotype"])
+    except ValueError as err:
+        raise CheckpointError(f"the genotype stored in the searched supernet {path} is broken ({err}); delete it and "
+                              f"rerun the search stage") from None
 
 
 def load_supernet(path: Path, device: torch.device | str = "cpu") -> tuple[Supernet, SearchConfig]:

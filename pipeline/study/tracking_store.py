@@ -39,6 +39,15 @@ HEALTH_TIMEOUT_S = 3.0
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _RETRY_ATTEMPTS = 12  # backoff 0.05 s doubling to a 5 s cap: ~40 s of waiting in all, on top of busy_timeout
 _TRANSIENT_MARKERS = ("database is locked", "database table is locked", "busy", "temporarily_unavailable")
+# A tracking server away for a while (restarted, its machine rebooting, a network blip): MLflow's own HTTP retries
+# (HTTP_ENV_DEFAULTS) give up within seconds, so the call is retried here, for up to OUTAGE_ENV seconds (default
+# 300), with a warning per retry, before the stage fails.
+OUTAGE_ENV = "ACTSEARCH_MLFLOW_OUTAGE_S"
+_OUTAGE_DEFAULT_S = 300.0
+_UNREACHABLE_MARKERS = ("max retries exceeded", "connection refused", "connectionerror", "connection aborted",
+                        "connection reset", "remotedisconnected", "failed to establish a new connection",
+                        "read timed out", "bad gateway", "service unavailable", "gateway timeout",
+                        "too many 502 error responses", "too many 503 error responses", "too many 504 error responses")
 
 _log = logging.getLogger(__name__)
 
@@ -128,16 +137,40 @@ def _is_transient(err: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT_MARKERS)
 
 
+def _is_unreachable(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(marker in text for marker in _UNREACHABLE_MARKERS)
+
+
+def _outage_budget_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(OUTAGE_ENV, _OUTAGE_DEFAULT_S)))
+    except ValueError:
+        return _OUTAGE_DEFAULT_S
+
+
 def retry_when_busy(call, *args, **kwargs):
-    """Run an MLflow call, retrying while the store reports it is locked or busy."""
-    delay = 0.05
-    for attempt in range(_RETRY_ATTEMPTS):
+    """Run an MLflow call, retrying while the store reports it is locked or busy, or while its server is
+    unreachable (bounded by OUTAGE_ENV seconds, each retry logged)."""
+    delay, outage_delay, busy_attempts, outage_since = 0.05, 1.0, 0, None
+    while True:
         try:
             return call(*args, **kwargs)
-        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError; match on the text
-            if attempt == _RETRY_ATTEMPTS - 1 or not _is_transient(err):
+        except Exception as err:  # MlflowException wraps sqlalchemy's and requests' errors; match on the text
+            if _is_unreachable(err):
+                outage_since = time.monotonic() if outage_since is None else outage_since
+                waited, budget = time.monotonic() - outage_since, _outage_budget_s()
+                if waited + outage_delay > budget:
+                    raise
+                _log.warning("MLflow tracking server unreachable (%s); retrying in %.0f s (%.0f of %.0f s waited)",
+                             str(err).splitlines()[0][:300], outage_delay, waited, budget)
+                time.sleep(outage_delay)
+                outage_delay = min(outage_delay * 2, 30.0)
+                continue
+            busy_attempts += 1
+            if busy_attempts == _RETRY_ATTEMPTS or not _is_transient(err):
                 raise
-            _log.debug("MLflow store busy (%s), retry %d in %.2f s", err, attempt + 1, delay)
+            _log.debug("MLflow store busy (%s), retry %d in %.2f s", err, busy_attempts, delay)
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 5.0)
 
