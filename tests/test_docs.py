@@ -9,6 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MOVED_DOCS = ["docs/benchmarks.md", "docs/results.md", "docs/development.md", "docs/params.md", "docs/pipeline.md"]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+ANCHORED_LINK = re.compile(r"\]\(([^)#\s]+\.md)#([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def readme_test_command() -> str:
@@ -44,6 +50,14 @@ def test_relative_links_resolve(doc):
         if "://" in target:
             continue
         assert (path.parent / target).exists(), f"{doc} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("doc", ["README.md"] + MOVED_DOCS)
+def test_anchors_of_links_name_a_heading_of_the_target(doc):
+    path = ROOT / doc
+    for target, anchor in ANCHORED_LINK.findall(path.read_text()):
+        headings = re.findall(r"^#+ (.+)$", (path.parent / target).read_text(), re.M)
+        assert anchor in {slug(heading) for heading in headings}, f"{doc}: {target}#{anchor}"
 
 
 @pytest.mark.parametrize("doc", ["README.md"] + MOVED_DOCS)
