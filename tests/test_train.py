@@ -146,7 +146,8 @@ def test_learns_the_colour_task(reference):
     model, result = reference
     assert result.status == "ok" and result.diverged_epoch is None and result.resumed_from_epoch == 0
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
-    assert set(result.history[0]) == {"epoch", "lr", "train_loss", "train_top1", "train_top5", "test_loss",
+    assert set(result.history[0]) == {"epoch", "lr", "train_loss", "train_top1", "train_top5", "grad_norm_mean",
+                                      "grad_norm_max", "test_loss",
                                       "test_top1", "test_top5", "epoch_time_s"}
     assert result.final["top1"] >= 75 and result.final["top5"] >= result.final["top1"]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

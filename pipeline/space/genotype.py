@@ -254,8 +254,9 @@ class GenotypeActivation(nn.Module):
         return self.ops[edge].fn(*inputs, self.beta[edge] if edge in self.beta else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.beta_bound is not None and self.training:
-            with torch.no_grad():  # a projection after each optimizer step, as the search's pre-hook does
+        if self.beta_bound is not None:
+            with torch.no_grad():  # projected before every forward, as the search's pre-hook does (eval included:
+                # the last optimizer step comes after the last training forward)
                 for beta in self.beta.values():
                     if beta.requires_grad:
                         beta.clamp_(-self.beta_bound, self.beta_bound)

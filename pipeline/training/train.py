@@ -17,6 +17,9 @@ Choices (documented because results depend on them):
   re-reports that epoch (at-least-once), rather than losing its report.
 - Divergence is checked every iteration on CPU and every `DIVERGENCE_CHECK_EVERY` iterations elsewhere
   (each check waits for the accelerator).
+- The global gradient norm (before clipping) is measured every step, kept on the device and read once per epoch:
+  each record holds its mean and maximum, and `on_step(step, grad_norm)` (if given) sees every value. A function
+  whose gradients explode shows it here before its loss does (docs/science.md).
 """
 from __future__ import annotations
 
@@ -102,10 +105,18 @@ def _diverged(accumulator: MetricAccumulator, cfg: TrainConfig) -> bool:
     return not math.isfinite(loss) or loss > cfg.divergence_loss
 
 
+def _gradient_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the gradients, as clip_grad_norm_ computes it, without touching them."""
+    return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+
+
 def _train_epoch(model, loader, optimizer, criterion, cfg: TrainConfig, device: torch.device, epoch: int,
-                 steps_per_epoch: int, show_progress: bool) -> tuple[MetricAccumulator, bool]:
-    """One pass over `loader`; returns the running metrics and whether training diverged."""
+                 steps_per_epoch: int, show_progress: bool,
+                 grad_norms: list[torch.Tensor]) -> tuple[MetricAccumulator, bool]:
+    """One pass over `loader`; returns the running metrics and whether training diverged. Appends each step's
+    gradient norm (a 0-d tensor on the device) to `grad_norms`."""
     model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
     accumulator = MetricAccumulator()
     check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_EVERY
     bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -121,8 +132,10 @@ def _train_epoch(model, loader, optimizer, criterion, cfg: TrainConfig, device: 
             loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            norm = _gradient_norm(parameters)
+            grad_norms.append(norm)
             if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grads_with_norm_(parameters, cfg.grad_clip, norm)
             optimizer.step()
             accumulator.update(loss, logits, y)
             if (i + 1) % check_every == 0:
@@ -173,13 +186,22 @@ def _outcome(history: list[dict], num_classes: int | None, diverged_epoch: int |
     return TrainResult("ok" if learned else "failed_to_learn", history, final, mean_time, None, resumed_from)
 
 
+def _norm_summary(norms: list[torch.Tensor]) -> tuple[dict, list[float]]:
+    values = torch.stack(norms).double().cpu().tolist() if norms else []
+    finite = [v for v in values if math.isfinite(v)]
+    summary = {"grad_norm_mean": sum(finite) / len(finite) if finite else math.nan,
+               "grad_norm_max": max(values) if values else math.nan}
+    return summary, values
+
+
 def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
                 checkpoint_path=None, on_epoch: Callable[[dict], None] | None = None,
-                progress: bool = True, checkpoint_meta: dict | None = None) -> TrainResult:
+                progress: bool = True, checkpoint_meta: dict | None = None,
+                on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train `model` (logits output) with SGD for cfg.epochs, resuming from `checkpoint_path` if it exists.
 
-    Each epoch appends a record {epoch, lr, train_loss, train_top1, train_top5, test_loss, test_top1,
-    test_top5, epoch_time_s} (lr: at the epoch's first iteration; test_*: NaN where the epoch is not evaluated,
+    Each epoch appends a record {epoch, lr, train_loss, train_top1, train_top5, grad_norm_mean, grad_norm_max,
+    test_loss, test_top1, test_top5, epoch_time_s} (lr: at the epoch's first iteration; test_*: NaN where the epoch is not evaluated,
     see cfg.eval_every), calls `on_epoch(record)`, then saves a
     checkpoint. `checkpoint_meta` (JSON-able, e.g. network and activation names) must match on resume.
     Divergence never raises: it ends training with status "diverged". Every RNG is re-seeded with cfg.seed
@@ -223,8 +245,13 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
     while diverged_epoch is None and epoch < cfg.epochs:
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
+        grad_norms: list[torch.Tensor] = []
         train, diverged = _train_epoch(model, train_loader, optimizer, criterion, cfg, device, epoch,
-                                       steps_per_epoch, show_progress)
+                                       steps_per_epoch, show_progress, grad_norms)
+        norm_summary, norm_values = _norm_summary(grad_norms)
+        if on_step is not None:
+            for i, value in enumerate(norm_values):
+                on_step(epoch * steps_per_epoch + i, value)
         if diverged:
             test, diverged_epoch = dict(NAN_METRICS), epoch + 1
             logger.warning("training diverged in epoch %d (running loss %s)", epoch + 1, train.mean_loss())
@@ -235,7 +262,7 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *
             test, num_classes = test_accumulator.result(), test_accumulator.num_classes
         train_metrics = train.result()
         record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch * steps_per_epoch, steps_per_epoch),
-                  **{f"train_{k}": v for k, v in train_metrics.items()},
+                  **{f"train_{k}": v for k, v in train_metrics.items()}, **norm_summary,
                   **{f"test_{k}": v for k, v in test.items()},
                   "epoch_time_s": time.perf_counter() - started}
         history.append(record)
