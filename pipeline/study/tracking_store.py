@@ -142,6 +142,12 @@ def _is_unreachable(err: BaseException) -> bool:
     return any(marker in text for marker in _UNREACHABLE_MARKERS)
 
 
+def _one_line(err: BaseException, keep: int = 160) -> str:
+    """The error's start (which request) and end (its cause, e.g. Connection refused) on one line."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 2 * keep else f"{text[:keep]} ... {text[-keep:]}"
+
+
 def _outage_budget_s() -> float:
     try:
         return max(0.0, float(os.environ.get(OUTAGE_ENV, _OUTAGE_DEFAULT_S)))
@@ -163,7 +169,7 @@ def retry_when_busy(call, *args, **kwargs):
                 if waited + outage_delay > budget:
                     raise
                 _log.warning("MLflow tracking server unreachable (%s); retrying in %.0f s (%.0f of %.0f s waited)",
-                             str(err).splitlines()[0][:300], outage_delay, waited, budget)
+                             _one_line(err), outage_delay, waited, budget)
                 time.sleep(outage_delay)
                 outage_delay = min(outage_delay * 2, 30.0)
                 continue
