@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -58,6 +59,20 @@ def retraining_inputs(origin: str, activation: str, network: str, seed: int, roo
     return stage_inputs(f"evaluate-{origin}", item | {"network": network, "seed": seed}, root)
 
 
+def depth_warning(activation: str, discretize_json: Path) -> str | None:
+    """The discretize stage's depth check of a searched function, logged as a warning when it flagged it, before
+    the retraining is spent; the function is retrained all the same (a flag is a measurement, not a verdict).
+    discretize.json is read for this note only, so it is no DVC dependency of the retraining."""
+    try:
+        summary = json.loads(discretize_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if summary.get("depth_flagged"):
+        log.warning("%s: the depth check %s (docs/depth_check.md); retraining it all the same", activation,
+                    summary.get("depth_check"))
+    return summary.get("depth_check")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--origin", required=True, choices=ORIGINS)
@@ -86,6 +101,8 @@ def main(argv: list[str]) -> None:
             "formula": formula}
     if searched:
         tags["optimizer"], tags["space"], tags["search_seed"] = searched
+        tags["depth_check"] = depth_warning(args.activation, RESULTS / "discretize" / args.activation /
+                                            "discretize.json")
     run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode, "betas": params.evaluate.betas,
                   "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:

@@ -19,7 +19,9 @@ INTRO = (
     "half-width of its 95% confidence interval (Welch-Satterthwaite). n = 1 cannot be tested: too few seeds. "
     "Supernet and discretized val top-1 are measured on the search's architecture split; skipped search steps are "
     "those whose loss or gradients were not finite (not applied). Time/epoch vs ReLU "
-    "leaves out the first epoch (compilation, warm-up).")
+    "leaves out the first epoch (compilation, warm-up). Depth at init: the discretize stage's check of a searched "
+    "function on freshly initialised evaluation networks (docs/depth_check.md): the largest ratio of its per-block "
+    "gradient norms, flagged above the threshold or when a short SGD run diverged.")
 
 
 def _num(value, digits: int = 2) -> str:
@@ -70,7 +72,7 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                                   if _tests(table) else "the testable comparisons (none here: two seeds or more needed)"), ""]
     columns = ["rank", "activation", "origin", "formula"] + [f"{n} top-1" for n in ordered] + [
         "failed", f"verdict vs ReLU ({network})", f"verdict vs Swish ({network})", "time/epoch vs ReLU",
-        "supernet val top-1", "discretized val top-1", "skipped search steps", "equivalence"]
+        "supernet val top-1", "discretized val top-1", "skipped search steps", "equivalence", "depth at init"]
     lines += _header(columns)
     for _, row in table.iterrows():
         lines.append(_row([row["rank"], row["activation"], row["origin"], f"`{row['formula']}`"]
@@ -78,7 +80,7 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                           + [f"{row['failures']}/{row['seeds']}", row[f"{network}_verdict_vs_relu"],
                              row[f"{network}_verdict_vs_swish"], _num(row[f"{network}_time_rel_relu"]),
                              _num(row["supernet_val_top1"]), _num(row["discretized_val_top1"]),
-                             _skipped(row), row["equivalence"]]))
+                             _skipped(row), row["equivalence"], row["depth_check"]]))
     if len(ordered) > 1:
         start, end = transfer.attrs["from"], transfer.attrs["to"]
         lines += ["", "## Rank transfer", "",

@@ -114,7 +114,7 @@ def results_table(runs: list[dict], origins: Mapping[str, str], networks: Sequen
                "discretized_val_top1": found.get("discretized_val_top1", math.nan),
                "discretization_gap": found.get("discretization_gap_top1", math.nan),
                "search_skipped_steps": found.get("search_skipped_steps", math.nan),
-               "search_steps": found.get("search_steps", math.nan)}
+               "search_steps": found.get("search_steps", math.nan), "depth_check": found.get("depth_check") or ""}
         for network in networks:
             cell = [r for r in mine if r["network"] == network]
             ok = [r for r in cell if r["status"] == "ok"]

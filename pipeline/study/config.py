@@ -34,6 +34,7 @@ from pipeline.space.genotype import BASELINES, BETA_MODES, Genotype
 from pipeline.study.params_docs import params_table, study_schema
 from pipeline.study.params_yaml import load_yaml
 from pipeline.study.tracking_store import resolve_tracking_uri
+from pipeline.training.depth_check import DepthCheckSettings
 from pipeline.training.device import resolve_device
 from pipeline.training.train_config import SETTINGS, TrainConfig, TrainSettings, invalid
 
@@ -148,6 +149,9 @@ def search_stage_suffix(optimizer: str, space: str, seed: int) -> str:
 class DiscretizeParams(BaseModel):
     model_config = SETTINGS
     batch_size: int = Field(ge=1, description="evaluation batch for the discretization gap")
+    depth_check: DepthCheckSettings = Field(description=(
+        "how the found function carries signal through each evaluation network at initialisation, and a flag "
+        "before retraining (docs/depth_check.md)"))
 
 
 class EvaluateParams(TrainSettings):
