@@ -51,7 +51,9 @@ def run_depth_check(params: Params, genotype: Genotype, seed: int, device: torch
 
     recipe = TrainConfig(epochs=1, batch_size=ev.batch_size, lr=ev.lr, momentum=ev.momentum, nesterov=ev.nesterov,
                          weight_decay=ev.weight_decay, grad_clip=ev.grad_clip, divergence_loss=ev.divergence_loss)
-    factory = genotype.factory(ev.beta_mode, ev.train_betas, None, ev.betas)
+    # Trained betas stay within the search's bound, as the evaluate stage retrains them (one rule for all).
+    beta_bound = params.search.beta_clamp if ev.train_betas else None
+    factory = genotype.factory(ev.beta_mode, ev.train_betas, None, ev.betas, beta_bound)
     return depth_check(factory, list(ev.networks) + list(settings.extra_networks), x, y, batches, recipe, settings,
                        lambda: seed_everything(seed, deterministic=device.type == "cpu"))
 

@@ -89,3 +89,19 @@ def test_the_bench_measures_every_good_and_bad_function_on_real_images(tmp_path,
     printed = capsys.readouterr().out
     assert "| relu | resnet8 |" in printed and f"| exp | {results['exp']['summary']} |" in printed
     assert json.loads(out.read_text())["relu"]["summary"] == results["relu"]["summary"]
+
+
+@pytest.mark.parametrize("train_betas, bound", [(True, 2.5), (False, None)])
+def test_the_checked_network_gets_evaluates_beta_rule(monkeypatch, train_betas, bound):
+    """Betas as the evaluate stage retrains them: frozen, or trained within the search's bound."""
+    from pipeline.space.genotype import Genotype
+
+    params = load_params(ROOT / "presets" / "ci.yaml", check_paths=False)
+    params.discretize.depth_check = params.discretize.depth_check.model_copy(update={"batch_size": 8, "sgd_steps": 1})
+    params.evaluate = params.evaluate.model_copy(update={"batch_size": 8, "train_betas": train_betas})
+    params.search = params.search.model_copy(update={"beta_clamp": 2.5})
+    seen, factory = [], Genotype.factory
+    monkeypatch.setattr(Genotype, "factory", lambda self, *args: seen.append(args) or factory(self, *args))
+    monkeypatch.setattr(discretize, "load_prepared", prepared)
+    discretize.run_depth_check(params, BASELINES["swish"], 0, torch.device("cpu"))
+    assert seen == [(params.evaluate.beta_mode, train_betas, None, params.evaluate.betas, bound)]
