@@ -71,9 +71,10 @@ def toy_env() -> dict[str, str]:
                                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
 
 
-def start_runner(project: Path, address: str, *extra: str) -> subprocess.Popen:
+def start_runner(project: Path, address: str, *extra: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.study.cluster", "repro", "--address", address, *extra],
-                            cwd=project, env=toy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=project, env=toy_env() | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def finish(runner: subprocess.Popen, timeout: float = 300) -> str:
@@ -128,7 +129,9 @@ def test_a_second_writer_is_refused_while_the_runner_runs_and_its_mlflow_server_
     project = toy_project(tmp_path, mlflow=True)
     gate = project / "control" / "prepare.wait"
     gate.touch()
-    runner = start_runner(project, ray_address, "--mlflow", "server")
+    # MLflow's job runner on, as by MLflow's default: its consumer processes outlive `mlflow server` when only it
+    # is stopped, so this checks that the runner stops the server's whole process group.
+    runner = start_runner(project, ray_address, "--mlflow", "server", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="true")
     try:
         wait_for(project / "control" / "prepare.started", runner)
         repro = subprocess.run([_tool("dvc"), "repro"], cwd=project, env=toy_env(), capture_output=True, text=True,

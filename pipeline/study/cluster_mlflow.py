@@ -16,6 +16,7 @@ outlive it when only it is stopped), and the whole group is stopped at the end.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import secrets
@@ -106,6 +107,13 @@ def stop_process_group(server: subprocess.Popen, timeout_s: float = STOP_TIMEOUT
     server.wait()
 
 
+def _stop_with_runner() -> None:
+    """In the server's process: SIGTERM when the runner dies, even by SIGKILL (its own session spares it the
+    terminal's signals, so nothing else would stop it)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _group_alive(group: int) -> bool:
     try:
         os.killpg(group, 0)
@@ -126,14 +134,17 @@ def mlflow_server(store_uri: str, host: str, port: int, log: Path,
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri, "--artifacts-destination",
                str(artifacts), "--host", host, "--port", str(port), "--workers", "1"]
     with tempfile.TemporaryDirectory(prefix="actsearch-mlflow-auth-") as private:  # mode 0700, this machine only
-        env = dict(os.environ)
+        # MLflow's job runner (seven consumer processes) serves GenAI scorers and prompt optimization, which the
+        # study never submits: off unless the user's environment says otherwise.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | dict(os.environ)
         if credentials:
             command += ["--app-name", "basic-auth"]
             env |= {"MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(Path(private), credentials)),
                     "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}  # the auth app's CSRF key
         with log.open("a") as out:
             server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)  # its own group: stopped whole, spared Ctrl-C
+                                      start_new_session=True,  # its own group: stopped whole, spared Ctrl-C
+                                      preexec_fn=_stop_with_runner)
             out.write(f"== mlflow server pid {server.pid} on {uri}{' with basic auth' if credentials else ''}\n")
         try:
             wait_healthy(uri, server, log)
