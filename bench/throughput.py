@@ -59,7 +59,7 @@ from pipeline.space.models import DEPTHS  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the records to this file")
-    p.add_argument("--markdown", type=Path, help="write the table as Markdown (the README's) to this file")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown (as in docs/benchmarks.md) to this file")
     p.add_argument("--quick", action="store_true", help="ResNet8 only, fewer steps (a smoke run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128)
