@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -73,6 +74,13 @@ def depth_warning(activation: str, discretize_json: Path) -> str | None:
     return summary.get("depth_check")
 
 
+def epoch_metrics(record: dict) -> dict:
+    """An epoch's record as MLflow metrics, without the NaN placeholders of the test metrics that epochs without a
+    test-set evaluation carry (evaluate.eval_every): MLflow would store them and tag the run `nonfinite_metrics`."""
+    return {key: value for key, value in record.items()
+            if key != "epoch" and not (key.startswith("test_") and math.isnan(value))}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--origin", required=True, choices=ORIGINS)
@@ -107,7 +115,7 @@ def main(argv: list[str]) -> None:
                   "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:
         def log_epoch(record: dict) -> None:
-            mlflow_run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+            mlflow_run.log_metrics(epoch_metrics(record), step=record["epoch"])
 
         inputs = retraining_inputs(args.origin, args.activation, args.network, args.seed)
 
