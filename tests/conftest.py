@@ -64,7 +64,7 @@ def one_thread():
 # The longest test files, slowest first (minutes each on the 2-core CI machine). With `-n auto --dist loadfile
 # --no-loadscope-reorder` (README) xdist hands out files in collection order: starting these first keeps one worker
 # from running a 10-minute file alone at the end while the other has finished.
-LONGEST_FILES = ("test_cluster.py", "test_pipeline_e2e.py", "test_cifar.py")
+LONGEST_FILES = ("test_cluster.py", "test_pipeline_e2e.py", "test_cifar.py", "test_cluster_faults.py")
 
 
 def pytest_collection_modifyitems(config, items):
