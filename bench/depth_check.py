@@ -110,6 +110,7 @@ def main(argv=None) -> dict[str, dict]:
         {"max_grad_spread": args.max_grad_spread} if args.max_grad_spread is not None else {}))
     recipe = TrainConfig(epochs=1, batch_size=ev.batch_size, lr=ev.lr, momentum=ev.momentum, nesterov=ev.nesterov,
                          weight_decay=ev.weight_decay, grad_clip=ev.grad_clip, divergence_loss=ev.divergence_loss)
+    beta_bound = raw["search"]["beta_clamp"] if ev.train_betas else None  # as the evaluate stage retrains
     data = load_cifar10(args.source, args.cache_dir)
     subset = balanced_subset(data.train_labels, args.batch + args.sgd_steps * ev.batch_size, args.seed)
     # The subset's indices are sorted, and the image tree is sorted by class: shuffle, or a batch is one class.
@@ -123,7 +124,7 @@ def main(argv=None) -> dict[str, dict]:
     results = {}
     for name, genotype in functions().items():
         start = time.perf_counter()
-        factory = genotype.factory(ev.beta_mode, ev.train_betas, None, ev.betas)
+        factory = genotype.factory(ev.beta_mode, ev.train_betas, None, ev.betas, beta_bound)
         results[name] = depth_check(factory, args.networks, x, y, lambda: first_epoch(train), recipe, settings,
                                     lambda: seed_everything(args.seed, deterministic=device.type == "cpu"))
         print(f"{name}: {results[name]['summary']} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
