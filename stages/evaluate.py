@@ -25,6 +25,7 @@ from pipeline.space.genotype import BASELINES, Genotype, GenotypeError
 from pipeline.space.models import build_resnet, count_parameters
 from pipeline.training.train import train_model
 from pipeline.study.stage_checkpoints import drop_finished_checkpoint
+from pipeline.study.tracking import model_requirements
 from stages.common import (RESULTS, ROOT, checkpoint_path, load_prepared, log, resume_or_restart, run, stage_inputs,
                            stage_run, start, write_csv, write_json)
 
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> None:
         # anywhere; two test images are the input example from which MLflow infers the signature.
         example = next(iter(test_loader))[0][:2].cpu().numpy()
         metrics["model_uri"] = mlflow_run.log_model(copy.deepcopy(model).cpu().eval(), "network", example,
-                                                    [str(ROOT / "pipeline")], str(ROOT / "requirements.txt"))
+                                                    [str(ROOT / "pipeline")], model_requirements())
         write_json(out / "metrics.json", metrics)
         mlflow_run.log_metrics({"final_test_top1": result.final["top1"], "final_test_top5": result.final["top5"],
                                 "mean_epoch_time_s": result.epoch_time_s})

@@ -9,7 +9,7 @@ import torch
 from pipeline.kernels.fused_genotype import fast_forward
 from pipeline.space.genotype import Genotype
 from pipeline.space.models import build_resnet
-from pipeline.study.tracking import StageRun
+from pipeline.study.tracking import StageRun, model_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 # A searched-like genotype with a trainable beta, on the retraining fast path, as the evaluate stage builds it.
@@ -41,7 +41,7 @@ def test_a_logged_network_loads_back_with_the_same_logits_as_its_saved_weights(t
     batch = torch.randn(4, 3, 32, 32)
     with StageRun("evaluate-searched@x", experiment="e", tracking_uri=tracking_uri, project_root=ROOT) as run:
         uri = run.log_model(copy.deepcopy(model).eval(), "network", batch[:2].numpy(), [str(ROOT / "pipeline")],
-                            str(ROOT / "requirements.txt"))
+                            model_requirements())
         version = run.register_model(uri, "best", {"verdict": "better than relu", "formula": "x*sigmoid(x)"})
     mlflow.set_tracking_uri(tracking_uri)
     loaded = mlflow.pytorch.load_model(uri)
@@ -50,6 +50,8 @@ def test_a_logged_network_loads_back_with_the_same_logits_as_its_saved_weights(t
     with torch.no_grad():
         expected = saved.eval()(batch)
         assert torch.equal(loaded.eval()(batch), expected)
+    declared = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    assert {line.split("==")[0] for line in declared} <= {"mlflow", "torch", "cloudpickle", "sympy"}  # no DVC, Ray
     info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
     registered = mlflow.MlflowClient(tracking_uri).get_model_version("best", version)

@@ -25,6 +25,9 @@ PARENT_RUN_ENV = "ACTSEARCH_PARENT_RUN_ID"
 STATUSES = ("ok", "diverged", "failed_to_learn", "failed")
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch (and 1000 metrics)
 _MAX_PARAM_LENGTH = 6000
+# Third-party packages that the modules a logged network's pickle names (pipeline/space, pipeline/kernels) import,
+# besides torch; tests/test_model_requirements.py checks the list against their imports.
+MODEL_IMPORTS = ("sympy",)
 
 _log = logging.getLogger(__name__)
 
@@ -198,11 +201,13 @@ class StageRun:
         if self._active():
             retry_when_busy(self._client.log_text, self.run_id, text, name)
 
-    def log_model(self, model, name: str, input_example, code_paths: list[str], requirements: str) -> str | None:
+    def log_model(self, model, name: str, input_example, code_paths: list[str],
+                  requirements: str | list[str]) -> str | None:
         """Log a network as an MLflow model (`mlflow.pytorch.load_model(uri)` gives it back); returns its URI.
 
         The signature is inferred from `input_example`; `code_paths` (the `pipeline` package) travel with the
-        model, so it loads outside this project; `requirements` (a requirements file) saves MLflow inferring them.
+        model, so it loads outside this project; `requirements` (pip requirements, e.g. `model_requirements()`, or
+        a requirements file) saves MLflow inferring them.
         The fluent API needs an active run: this run is resumed for the call (and marked finished in between;
         leaving the `with` block sets its final status as always).
         """
@@ -233,3 +238,14 @@ class StageRun:
             if not Path(state_dict_path).is_file():
                 raise FileNotFoundError(f"cannot log weights {state_dict_path}: no such file")
             self.log_artifact(state_dict_path, "weights")
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements of a logged network: what loading it needs, not the project's whole requirements.txt
+    (DVC, Ray, pytest). MLflow's PyTorch flavour needs torch and cloudpickle; the pickled classes' modules add
+    `MODEL_IMPORTS`. Pinned to the installed versions."""
+    from importlib.metadata import version
+
+    import mlflow.pytorch
+
+    return mlflow.pytorch.get_default_pip_requirements() + [f"{name}=={version(name)}" for name in MODEL_IMPORTS]
