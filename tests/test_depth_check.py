@@ -189,3 +189,11 @@ def test_bad_depth_check_params_are_one_line_naming_the_key(tmp_path, key, value
     with pytest.raises(ParamsError, match=f"discretize.depth_check.{key}") as error:
         load_params(tmp_path / "params.yaml", check_paths=False)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_overflowing_run_is_diverged_with_an_infinite_largest_gradient():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    with torch.no_grad():
+        model[1].weight[0, 0] = math.inf
+    run = sgd_run(model, iter([cifar_like(4)] * 3), RECIPE, steps=3)
+    assert (run["diverged"], run["diverged_step"], run["max_grad_norm"]) == (True, 1, math.inf)
