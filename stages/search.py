@@ -3,9 +3,11 @@
 Writes results/search/<optimizer>-<space>-s<seed>/: supernet.pt (for discretize: the supernet of the selected epoch and
 the selected genotype), history.json and history.csv (per epoch: losses, top-1/top-5 of the supernet
 (`val_top1`) and of the BN-recalibrated discretized network (`discretized_val_top1`), lr, temperature, operator
-weights, entropy, betas, formula, the shrinking mask) and summary.json.
+weights, entropy, betas, formula, the shrinking mask), trajectory.csv (the same trajectories as a tidy table: one
+row per epoch, edge and operator) and summary.json.
 A checkpoint after every epoch (checkpoints/, outside the DVC outputs) lets a killed search resume; it is
-deleted once the stage has succeeded. Each epoch goes to MLflow as it ends.
+deleted once the stage has succeeded. Each epoch's headline metrics go to MLflow as it ends; the trajectories
+(hundreds of numbers an epoch) go there as trajectory.csv, so that they do not bury the runs table.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ STAGE_ERRORS = (SearchDiverged,)  # user errors of this stage: one line, no trac
 
 
 def epoch_metrics(record: dict) -> dict:
-    """A search history record as MLflow metrics (nested names flattened with dots by StageRun)."""
+    """A search history record's headline numbers as MLflow metrics (at most 16; the per-operator trajectories go to
+    trajectory.csv)."""
     metrics = {key: record[key] for key in ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
                                             "val_top5", "discretized_val_loss", "discretized_val_top1",
                                             "discretized_val_top5", "lr", "skipped_steps", "epoch_time_s",
@@ -32,9 +35,17 @@ def epoch_metrics(record: dict) -> dict:
         metrics["temperature"] = record["temperature"]
     if not math.isnan(record["arch_loss"]):  # NaN only in warm-up epochs, which take no architecture step
         metrics["arch_loss"] = record["arch_loss"]
-    mask = {edge: {name: float(kept) for name, kept in ops.items()} for edge, ops in record["mask"].items()}
-    return metrics | {"weight": record["operator_weights"], "entropy": record["entropy"], "beta": record["betas"],
-                      "remaining": record["remaining"], "mask": mask}
+    metrics["mean_entropy"] = sum(record["entropy"].values()) / len(record["entropy"])
+    return metrics
+
+
+def trajectory_rows(history: list[dict]) -> list[dict]:
+    """The search's trajectories as a tidy table: per epoch, edge and operator its weight, whether progressive
+    shrinking keeps it (1) or has dropped it (0), and its beta (empty for operators without one)."""
+    return [{"epoch": record["epoch"], "edge": edge, "operator": name, "weight": weight,
+             "kept": int(record["mask"][edge][name]), "beta": record["betas"].get(f"{edge}__{name}")}
+            for record in history for edge, weights in record["operator_weights"].items()
+            for name, weight in weights.items()]
 
 
 def main(argv: list[str]) -> None:
@@ -65,6 +76,7 @@ def main(argv: list[str]) -> None:
         save_supernet(result.supernet, cfg, out / "supernet.pt", result.genotype)
         write_json(out / "history.json", result.history)
         write_csv(out / "history.csv", result.history)
+        write_csv(out / "trajectory.csv", trajectory_rows(result.history))
         last = result.history[-1]
         summary = {"optimizer": args.optimizer, "space": args.space, "seed": args.seed, "network": cfg.network,
                    "genotype": result.genotype.to_dict(), "formula": result.genotype.formula(),
@@ -78,7 +90,7 @@ def main(argv: list[str]) -> None:
                    "epoch_time_s": sum(r["epoch_time_s"] for r in result.history) / len(result.history)}
         write_json(out / "summary.json", summary)
         mlflow_run.set_tags({"formula": summary["formula"], "genotype": str(result.genotype)})
-        for file in ("history.json", "history.csv", "summary.json"):
+        for file in ("history.json", "history.csv", "trajectory.csv", "summary.json"):
             mlflow_run.log_artifact(out / file)
         mlflow_run.log_model_weights(out / "supernet.pt")
         log.info("search %s found %s at epoch %d (last epoch: val top-1 %.2f, discretized %.2f; %d skipped "

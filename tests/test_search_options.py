@@ -14,7 +14,7 @@ from pipeline.search.relax import Dirichlet
 from pipeline.training.checkpoint import CheckpointError
 from pipeline.training.device import seed_everything
 from stages.common import plain, resume_or_restart, write_json
-from stages.search import epoch_metrics
+from stages.search import epoch_metrics, trajectory_rows
 from tests.train_subprocess_script import colour_task
 
 OPS = {"unary": ["identity", "scale", "shift", "tanh"], "binary": ["add", "mul"]}  # scale, shift: betas
@@ -156,5 +156,15 @@ def test_search_metrics_skip_a_nan_arch_loss_and_a_missing_temperature():
     assert "arch_loss" not in warm and "temperature" not in warm
     searched = epoch_metrics(search_record(0.7, 5.05))
     assert searched["arch_loss"] == 0.7 and searched["temperature"] == 5.05
-    assert searched["weight"] == {"u1": {"relu": 1.0}} and searched["val_top1"] == 12.0
-    assert searched["discretized_val_top1"] == 11.0 and searched["mask"] == {"u1": {"relu": 1.0, "tanh": 0.0}}
+    assert searched["val_top1"] == 12.0 and searched["discretized_val_top1"] == 11.0
+    assert searched["mean_entropy"] == 0.0 and "weight" not in searched and "mask" not in searched
+
+
+def test_search_epochs_log_a_handful_of_headline_metrics_and_the_trajectories_as_a_tidy_table():
+    record = search_record(0.7, 5.05) | {"epoch": 3, "operator_weights": {"u1": {"relu": 0.75, "scale": 0.25}},
+                                         "entropy": {"u1": 0.5, "u2": 0.1}, "betas": {"u1__scale": 0.4},
+                                         "mask": {"u1": {"relu": True, "scale": False}}}
+    assert len(epoch_metrics(record)) <= 20
+    assert trajectory_rows([record]) == [
+        {"epoch": 3, "edge": "u1", "operator": "relu", "weight": 0.75, "kept": 1, "beta": None},
+        {"epoch": 3, "edge": "u1", "operator": "scale", "weight": 0.25, "kept": 0, "beta": 0.4}]
