@@ -148,9 +148,7 @@ def test_a_second_writer_is_refused_while_the_runner_runs_and_its_mlflow_server_
         gate.unlink()
     output = finish(runner)
     assert runner.returncode == 0, output[-4000:]
-    assert locked_stages(project) == set(STAGES) and "up to date" in dvc_status(project)
-    assert not list((project / "checkpoints").iterdir()), "each checkpoint deleted after its stage's commit"
-
+    # Checked at once: MLflow's job consumers, left alone, notice within seconds that their parent is gone.
     server_log = (project / "logs" / "mlflow-server.log").read_text()
     pid, host, port = re.search(r"mlflow server pid (\d+) on http://([\d.]+):(\d+)", server_log).groups()
     assert host == "127.0.0.1", "one node: the server is reachable from this machine only"
@@ -160,6 +158,8 @@ def test_a_second_writer_is_refused_while_the_runner_runs_and_its_mlflow_server_
     left = [p for p in psutil.process_iter(["pid", "cmdline"])
             if _in_group(p, int(pid)) or f"--port {port}" in " ".join(p.info["cmdline"] or [])]
     assert not left, f"server processes outlived the runner: {[p.info for p in left]}"
+    assert locked_stages(project) == set(STAGES) and "up to date" in dvc_status(project)
+    assert not list((project / "checkpoints").iterdir()), "each checkpoint deleted after its stage's commit"
 
 
 def _in_group(process: psutil.Process, group: int) -> bool:
