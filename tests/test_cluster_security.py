@@ -16,11 +16,13 @@ from pipeline.study.cluster_signals import Interrupt
 
 
 def test_a_cluster_of_several_nodes_without_token_auth_gets_a_warning():
-    assert ray_auth_warning(1, token_auth=False) is None, "one node: Ray's ports need not face the network"
-    assert ray_auth_warning(3, token_auth=True) is None
-    warning = ray_auth_warning(3, token_auth=False)
+    assert ray_auth_warning(["127.0.0.1"], token_auth=False) is None, "one node on loopback: not reachable"
+    assert ray_auth_warning(["10.0.0.1", "10.0.0.2", "10.0.0.3"], token_auth=True) is None
+    warning = ray_auth_warning(["10.0.0.1", "10.0.0.2", "10.0.0.3"], token_auth=False)
     assert warning.startswith("warning:") and "3 nodes" in warning and "RAY_AUTH_MODE=token" in warning
     assert "\n" not in warning
+    alone = ray_auth_warning(["192.0.2.2"], token_auth=False)  # `ray start --head` on Ray 2.60's defaults
+    assert "listens on 192.0.2.2" in alone and "RAY_AUTH_MODE=token" in alone
 
 
 def test_the_runner_prints_the_warning_for_the_node_count_ray_reports(monkeypatch, capsys):
@@ -29,7 +31,8 @@ def test_the_runner_prints_the_warning_for_the_node_count_ray_reports(monkeypatc
     monkeypatch.setattr(cluster, "locked_project", _fake_project)
     monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: None)
     monkeypatch.setattr(cluster.ray, "shutdown", lambda: None)
-    monkeypatch.setattr(cluster.ray, "nodes", lambda: [{"Alive": True}] * 4)
+    monkeypatch.setattr(cluster.ray, "nodes", lambda: [{"Alive": True, "NodeManagerAddress": f"10.0.0.{n}"}
+                                                       for n in range(4)])
     monkeypatch.setattr(cluster, "token_auth_enabled", lambda: False)
 
     def stop(root):

@@ -152,7 +152,7 @@ def repro(args) -> int:
         ray.init(address=args.address, log_to_driver=False)
         stack.callback(ray.shutdown)
         nodes = [node for node in ray.nodes() if node["Alive"]]
-        if warning := ray_auth_warning(len(nodes), token_auth_enabled()):
+        if warning := ray_auth_warning([node["NodeManagerAddress"] for node in nodes], token_auth_enabled()):
             print(warning, file=sys.stderr, flush=True)
         check_shared_filesystem(root)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0

@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.study.cluster_mlflow import is_loopback
 from pipeline.study.cluster_secrets import read_secrets, without_secrets
 
 LOG_DIR = "logs"
@@ -65,13 +66,16 @@ def forwarded_env(extra: dict[str, str]) -> dict[str, str]:
     return without_secrets(forwarded)
 
 
-def ray_auth_warning(node_count: int, token_auth: bool) -> str | None:
-    """Ray runs any code for whoever reaches its ports: on several nodes, without token auth, say so."""
-    if node_count <= 1 or token_auth:
+def ray_auth_warning(node_addresses: list[str], token_auth: bool) -> str | None:
+    """Ray runs any code for whoever reaches its ports: on several nodes, or one on a network address, without
+    token auth, say so. (Ray 2.60 listens on all interfaces unless started on 127.0.0.1, docs/cluster.md.)"""
+    if token_auth or (len(node_addresses) == 1 and all(is_loopback(a) for a in node_addresses)):
         return None
-    return (f"warning: this Ray cluster has {node_count} nodes and no token authentication: anyone who can reach "
-            f"its ports can run code on every node. Restart it with RAY_AUTH_MODE=token (driver and nodes) and "
-            f"firewall its ports to the cluster's machines; see docs/cluster.md, 'Security'")
+    where = (f"this Ray cluster has {len(node_addresses)} nodes" if len(node_addresses) > 1 else
+             f"this Ray node listens on {node_addresses[0]}")
+    return (f"warning: {where} and no token authentication: anyone who can reach its ports can run code on every "
+            f"node. Restart it with RAY_AUTH_MODE=token (driver and nodes) and firewall its ports to the cluster's "
+            f"machines; see docs/cluster.md, 'Security'")
 
 
 def token_auth_enabled() -> bool:
