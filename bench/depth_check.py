@@ -9,8 +9,9 @@ the old steep sqrt (a ramp of slope 100 on [0, 1e-4]); beside it the same mix wi
 The SGD runs use params.yaml's evaluate section (lr, momentum, Nesterov, weight decay, clipping, batch size,
 betas), as the discretize stage does. Every function starts from the same initial weights per network (seed).
 Prints a markdown table: per function and network the gradient spread (largest / smallest per-block gradient
-norm), growth (first block / last block), the forward second-moment growth (last / first), the loss at initialisation, and after the SGD run its final loss (mean of
-the last 5 steps), largest gradient norm and whether it diverged; then each function's verdict at the threshold.
+norm), growth (first block / last block), the forward second-moment growth (last / first), the loss at
+initialisation, and after the SGD run its final loss (mean of the last 5 steps), largest gradient norm and whether
+it diverged; then each function's verdict at the threshold.
 """
 from __future__ import annotations
 

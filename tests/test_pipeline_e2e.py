@@ -107,6 +107,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
         assert pd.isna(table.loc["exploding", column])
         assert table.loc["exploding", f"{network}_status"] == f"diverged {len(seeds)}/{len(seeds)}"
     assert table.loc[searched, "supernet_val_top1"].notna().all()
+    assert table.loc[searched, "depth_check"].str.match(r"(ok|flagged) \(x").all()  # the discretize stage's verdict
     markdown = (project / "reports" / "results.md").read_text()
     assert "| exploding | custom |" in markdown and "diverged" in markdown
     summary = json.loads((project / "reports" / "summary.json").read_text())
@@ -164,6 +165,12 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     retrained = next(run for name, run in runs.items() if name.startswith(f"evaluate-searched@{optimizer}-{space}"))
     assert retrained.data.tags["activation"] == f"{optimizer}-{space}-s{search_seed}"
     assert retrained.data.tags["search_seed"] == str(search_seed)
+    # The depth check, beside the formula: on the discretize run and, as a tag, on its retrainings.
+    discretized = runs[f"discretize@{optimizer}-{space}-{search_seed}"]
+    assert {"depth.flagged", "depth.resnet8.grad_spread", "depth.resnet8.sgd_final_loss"} <= set(
+        discretized.data.metrics)
+    assert re.match(r"(ok|flagged) \(x", discretized.data.tags["depth_check"])
+    assert retrained.data.tags["depth_check"] == discretized.data.tags["depth_check"]
     assert "formula" in search.data.tags
     assert {"val_top1", "val_top5", "train_loss", "lr", "mean_entropy"} <= set(search.data.metrics)
     assert len(search.data.metrics) <= 20  # headline numbers; the trajectories are trajectory.csv
