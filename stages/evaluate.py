@@ -112,8 +112,11 @@ def main(argv: list[str]) -> None:
         tags["optimizer"], tags["space"], tags["search_seed"] = searched
         tags["depth_check"] = depth_warning(args.activation, RESULTS / "discretize" / args.activation /
                                             "discretize.json")
+    # One rule for every activation (docs/science.md): the same clipping (evaluate.grad_clip) for all; searched betas
+    # frozen by default, and when trained, held within the search's bound, so retraining stays in the search's world.
+    beta_bound = params.search.beta_clamp if params.evaluate.train_betas else None
     run_params = {"train": cfg.model_dump(), "beta_mode": params.evaluate.beta_mode, "betas": params.evaluate.betas,
-                  "train_betas": params.evaluate.train_betas, "genotype": genotype.to_dict()}
+                  "train_betas": params.evaluate.train_betas, "beta_bound": beta_bound, "genotype": genotype.to_dict()}
     with stage_run(params, stage, tags, run_params) as mlflow_run:
         def log_epoch(record: dict) -> None:
             mlflow_run.log_metrics(epoch_metrics(record), step=record["epoch"])
@@ -123,7 +126,7 @@ def main(argv: list[str]) -> None:
         def train(path):
             seed_everything(args.seed, deterministic=device.type == "cpu")  # the initial weights depend on it
             model = build_resnet(args.network, genotype.factory(params.evaluate.beta_mode, params.evaluate.train_betas,
-                                                                fast_forward, params.evaluate.betas))
+                                                                fast_forward, params.evaluate.betas, beta_bound))
             meta = {"activation": args.activation, "network": args.network, "genotype": genotype.to_dict(),
                     "inputs": inputs}  # a checkpoint on other data, genotype or code is discarded
             return model, train_model(model, train_loader, test_loader, cfg, checkpoint_path=path,

@@ -323,6 +323,8 @@ EXECUTION_ONLY = {
     # Resume files live outside the DVC outputs, and a resumed run equals an uninterrupted one (test_train.py,
     # test_search_resume.py): this module decides whether work is redone, not its result.
     "pipeline/training/checkpoint.py",
+    # Where the resume file lives and whether the stage or the Ray runner deletes it: when work is redone, not what.
+    "pipeline/study/stage_checkpoints.py",
     # params.yaml validation: rejects bad values and hands the accepted ones on unchanged (SearchParams.config and
     # EvaluateParams.train_config hand them to SearchConfig / TrainConfig, whose modules are deps).
     # The values themselves are the stages' DVC params. An edit to that copying needs `dvc repro -f`.

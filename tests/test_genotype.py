@@ -21,12 +21,13 @@ def test_json_round_trip(tmp_path):
 
 def test_formula_is_simplified():
     double_relu = Genotype("simple", ("relu", "relu", "add"), (None, None, None))
-    assert double_relu.formula() == "2*max(0, x)"
-    assert RELU.formula() == "max(0, x)"
+    assert double_relu.formula() == "2*relu(x)"
+    assert RELU.formula() == "relu(x)"
     assert SWISH.formula() == "x*sigmoid(x)"
     assert Genotype("simple", ("scale", "abs", "add"), (1.0, None, None)).formula() == "x + abs(x)"
     assert Genotype("simple", ("shift", "zero", "left"), (0.123456, None, None)).formula() == "x + 0.1235"
-    assert "\\max" in double_relu.latex()
+    assert "\\operatorname{relu}" in double_relu.latex()
+    assert Genotype("simple", ("min0", "abs", "max"), (None, None, None)).formula() == "abs(x)"  # merged
 
 
 def test_sigmoid_evaluates_where_a_reader_would():

@@ -245,11 +245,19 @@ def test_search_config_errors_are_clear():
         SearchConfig(epochs=2, warmup_epochs=2)
 
 
+# The toy was built with the operators bounded at 20 (now `square_b20`, `mul_b20`). With GRAFS's bound of 10 (x^2
+# clipped at |x| = 3.16, each product factor clamped to +-3.16) on these inputs (std 3), DARTS's argmax settles on
+# (identity, zero, mul) and never computes Swish within 200 steps (seeds 0-2), while DrNAS still recovers it
+# (measured; docs/science.md): the bounds change the toy's landscape, not the optimizer under test, so the toy
+# keeps the operators it was made with.
+TEACHER_OPS = {"unary": ["identity", "zero", "sin", "square_b20", "tanh"], "binary": ["add", "mul_b20", "sub", "sigmul"]}
+
+
 def recover_teacher(optimizer: str, seed: int, steps: int):
     """Fit a student cell to a teacher activation (Swish); return the first step at which the argmax genotype
     computes the teacher's function, and the final genotype."""
     torch.manual_seed(seed)
-    cell = SearchCell("simple", SMALL_OPS, make_relaxation(optimizer, seed=seed))
+    cell = SearchCell("simple", TEACHER_OPS, make_relaxation(optimizer, seed=seed))
     student = MixedActivation(cell, 1)
     x = torch.randn(512, 1) * 3
     y = SWISH.build()(x)

@@ -196,8 +196,8 @@ def test_report_summary_has_headline_numbers_only_and_readable_formulas(tmp_path
     (GENOTYPES["gdas-simple"], "elu(x)"),
     (Genotype("complex", ("relu", "shift", "mul", "silu", "softplus", "add"), (None, 0.5, None, None, None, None)),
      "silu((x + 0.5)*relu(x)) + softplus(x)")])
-def test_readable_formula_names_known_activations_and_means_the_expanded_one(genotype, readable):
-    assert genotype.readable_formula() == readable
+def test_formula_names_known_activations_and_means_the_expanded_one(genotype, readable):
+    assert genotype.formula() == readable
     x = sympy.Symbol("x", real=True)
     definitions = {"relu": lambda u: sympy.Max(u, 0), "gelu": lambda u: u * (1 + sympy.erf(u / sympy.sqrt(2))) / 2,
                    "elu": lambda u: sympy.Piecewise((u, u > 0), (sympy.exp(u) - 1, True)),

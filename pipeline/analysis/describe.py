@@ -1,5 +1,4 @@
-"""What a found activation function is: its simplified formula (text and LaTeX, and a readable one with known
-activations by name), a warning when it is a known activation in disguise (checked numerically), and a plot of the
+"""What a found activation function is: its simplified formula (text and LaTeX, known activations by name), a warning when it is a known activation in disguise (checked numerically), and a plot of the
 function and its derivative beside ReLU and Swish."""
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ def describe_genotype(genotype: Genotype, out_dir: Path) -> dict:
     description = {
         "genotype": genotype.to_dict(),
         "formula": genotype.formula(),
-        "readable_formula": genotype.readable_formula(),
         "latex": genotype.latex(),
         "equivalence": equivalence_warning(fn),
         "equivalent_to": equivalent.name if equivalent else None,
@@ -26,6 +24,6 @@ def describe_genotype(genotype: Genotype, out_dir: Path) -> dict:
     genotype.save(out_dir / "genotype.json")
     (out_dir / "formula.txt").write_text(description["formula"] + "\n")
     (out_dir / "formula.tex").write_text(description["latex"] + "\n")
-    plot_activations({f"searched: {description['readable_formula']}": fn, "ReLU": RELU.function(),
+    plot_activations({f"searched: {description['formula']}": fn, "ReLU": RELU.function(),
                       "Swish": SWISH.function()}, out_dir / "activation.png")
     return description

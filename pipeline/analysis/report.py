@@ -175,7 +175,7 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
             discretized[name] = {"equivalence": equivalence_warning(genotypes[name].function())}
     try:
         table = results_table(runs, origins, networks, discretized,
-                              {name: genotype.readable_formula() for name, genotype in genotypes.items()})
+                              {name: genotype.formula() for name, genotype in genotypes.items()})
     except ValueError as error:
         raise ReportError(str(error)) from None
     transfer = transfer_table(table, networks, search_network)

@@ -28,6 +28,8 @@ SPACES: dict[str, tuple[tuple[str, int], ...]] = {
 }
 BETA_MODES = ("scalar", "channel")
 BETA_SHARING = ("shared", "per_site")  # retraining: one set of betas per network, or one per activation site
+# Operators that are known activations: a formula names them (gelu(x)) instead of expanding them (erf, Piecewise).
+NAMED_ACTIVATIONS = ("relu", "gelu", "elu", "silu", "softplus", "leaky_relu")
 
 
 KEYS = ("space", "ops", "betas")  # a genotype's JSON object holds these and nothing else
@@ -151,38 +153,32 @@ class Genotype:
             raise GenotypeError(f"cannot read genotype file {path}: {err}") from err
 
     # --- formulas -----------------------------------------------------------------------------------------
-    def expr(self, symbolic_betas: bool = False) -> sympy.Expr:
-        """The function as a sympy expression in x (betas as numbers, or as symbols beta_<edge>)."""
+    def expr(self, symbolic_betas: bool = False, named: bool = False) -> sympy.Expr:
+        """The function as a sympy expression in x (betas as numbers, or as symbols beta_<edge>). `named`: an
+        operator that is a known activation stays a function of that name (`gelu(x)`), as formulas print it;
+        otherwise it is expanded (`Piecewise(...)`, `erf(...)`), which is what numeric analysis evaluates."""
 
         def apply(edge, *inputs):
             op, beta = self.edge_op(edge)
+            if named and op.name in NAMED_ACTIVATIONS:
+                return sympy.Function(op.name, real=True)(*inputs)
             b = sympy.Symbol(f"beta_{edge}", real=True) if symbolic_betas else sympy.Float(beta or 0.0)
             return op.sym(*inputs, b)
 
         return run_cell(self.space, x_, apply)
 
     def simplified(self) -> sympy.Expr:
-        return _round_floats(sympy.simplify(_round_floats(self.expr(), 12)))
+        """The named expression simplified (terms merged, identities dropped; a named activation is never
+        expanded), its numbers rounded to 4 significant digits."""
+        return _round_floats(sympy.simplify(_round_floats(self.expr(named=True), 12)))
 
     def formula(self) -> str:
+        """The one printed form of the function, used by logs, MLflow tags, summary.json, the discretize outputs
+        and the reports alike: `max(elu(elu(x)), sqrt(max(0.001, x)))`."""
         return to_text(self.simplified())
 
     def latex(self) -> str:
         return sympy.latex(self.simplified())
-
-    def readable_formula(self) -> str:
-        """The formula for readers: an edge whose operator is a known activation prints by its name
-        (`sigmoid(relu(x))*gelu(x)`, `elu(x)`) instead of its expansion (`Piecewise(...)`, `erf(...)`).
-        `formula()` stays the expanded form, which equivalence checks and the DVC records use."""
-        named = ("relu", "gelu", "elu", "silu", "softplus", "leaky_relu")
-
-        def apply(edge, *inputs):
-            op, beta = self.edge_op(edge)
-            if op.name in named:
-                return sympy.Function(op.name, real=True)(*inputs)
-            return op.sym(*inputs, sympy.Float(beta or 0.0))
-
-        return to_text(_round_floats(sympy.simplify(_round_floats(run_cell(self.space, x_, apply), 12))))
 
     def __str__(self) -> str:
         return f"{self.space}({', '.join(f'{e}={o}' for e, o in zip(self.edges, self.ops))})"

@@ -178,7 +178,7 @@ _unary("neg", lambda x, b=None: -x, lambda x, b: -x, "-x")
 _unary("abs", lambda x, b=None: x.abs(), lambda x, b: sympy.Abs(x), "|x|")
 _unary("square", lambda x, b=None: _clip_input(x, _X_SQUARE) ** 2, lambda x, b: x ** 2, "x^2")
 _unary("cube", lambda x, b=None: _clip_input(x, _X_CUBE) ** 3, lambda x, b: x ** 3, "x^3")
-_unary("sqrt", _grafs_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, sympy.Rational(1, 1000))), "sqrt(max(x,1e-3))")
+_unary("sqrt", _grafs_sqrt, lambda x, b: sympy.sqrt(sympy.Max(x, sympy.Float(SQRT_FLOOR))), "sqrt(max(x,1e-3))")
 # Initial betas keep every candidate a different function at initialisation (tests/test_op_sets.py): scale at 1
 # would be identity, shift at 0 identity, const at 0 zero; identical candidates get identical alpha gradients, so
 # their family's weight is split between them and the argmax is biased against it. shift and const start at 1 as
