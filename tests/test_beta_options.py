@@ -30,7 +30,7 @@ def test_grafs_betas_are_drawn_from_normal_1_quarter():
     # 2,880 draws: mean and std within about 4 standard errors of N(1, 0.25)'s.
     assert abs(float(drawn.mean()) - 1.0) < 0.02 and abs(float(drawn.std()) - 0.25) < 0.015
     interp = [v for k, v in betas(net).items() if k.endswith("__interp")]
-    assert interp and all(torch.equal(v, torch.full_like(v, 0.5)) for v in interp)  # GRAFS's BetaMix: sigmoid(0)
+    assert interp and all(torch.equal(v, torch.zeros_like(v)) for v in interp)  # GRAFS's BetaMix: b = 0, sigmoid(0) = 1/2
     torch.manual_seed(0)
     again = Supernet("resnet8", "complex", SMALL, Softmax(), beta_mode="channel", beta_init="grafs")
     assert all(torch.equal(a, b) for a, b in zip(betas(net).values(), betas(again).values()))  # seeded
