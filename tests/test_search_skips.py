@@ -10,25 +10,18 @@ from pipeline.search.skips import BatchNormGuard, SearchDiverged, check_skipped
 import stages.search as search_stage
 from stages.common import run
 from tests.search_subprocess_script import CONFIG
-from tests.train_subprocess_script import colour_task
+from tests.train_subprocess_script import WrappedLoader, colour_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class PoisonedLoader:
+class PoisonedLoader(WrappedLoader):
     """Wraps a BatchLoader; the batches at (epoch, index) in `poisoned` (or every batch, with `everywhere`) come out
     as NaN images, as an overflowing augmentation or a corrupt image would."""
 
     def __init__(self, loader: BatchLoader, poisoned=(), everywhere: bool = False):
-        self.loader, self.batch_size = loader, loader.batch_size
-        self.poisoned, self.everywhere, self.epoch = set(poisoned), everywhere, 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.loader.set_epoch(epoch)
+        super().__init__(loader)
+        self.poisoned, self.everywhere = set(poisoned), everywhere
 
     def __iter__(self):
         for index, (x, y) in enumerate(self.loader):

@@ -36,14 +36,12 @@ def colour_task(count: int, seed: int, random_labels: bool = False) -> tuple[tor
     return images, labels
 
 
-class BlockingLoader:
-    """Wraps a BatchLoader; at batch `batch` of epoch `epoch` it writes `marker` and blocks for good, so a test can
-    SIGKILL the process at exactly that point (the checkpoint of the epoch before is written by then)."""
+class WrappedLoader:
+    """A BatchLoader seen through a test's wrapper: same length, batch size and epochs; `self.epoch` is the epoch
+    being iterated, for wrappers that act at a chosen (epoch, batch)."""
 
-    def __init__(self, loader: BatchLoader, epoch: int, batch: int, marker: str):
-        self.loader, self.batch_size = loader, loader.batch_size
-        self.block_at, self.marker = (epoch, batch), Path(marker)
-        self.epoch = 0
+    def __init__(self, loader: BatchLoader):
+        self.loader, self.batch_size, self.epoch = loader, loader.batch_size, 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -51,6 +49,15 @@ class BlockingLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.loader.set_epoch(epoch)
+
+
+class BlockingLoader(WrappedLoader):
+    """Wraps a BatchLoader; at batch `batch` of epoch `epoch` it writes `marker` and blocks for good, so a test can
+    SIGKILL the process at exactly that point (the checkpoint of the epoch before is written by then)."""
+
+    def __init__(self, loader: BatchLoader, epoch: int, batch: int, marker: str):
+        super().__init__(loader)
+        self.block_at, self.marker = (epoch, batch), Path(marker)
 
     def __iter__(self):
         for index, batch in enumerate(self.loader):
