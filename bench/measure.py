@@ -238,14 +238,13 @@ class Bench:
 
     def shrunk_search_record(self, network: str, variant: str, fraction: float) -> list[dict]:
         """A search iteration of a supernet after `fraction` of its progressive-shrinking drops (0.5, 0.9), run as
-        a shrinking search runs a short-lived candidate set: the fused cell eagerly (its kernels would not pay for
-        their compilation), with the remaining candidates only, so it should cost less as the set shrinks."""
+        a shrinking search runs it: the one compiled kernel of the full candidate set, the mask its runtime input
+        (as fast as the unshrunk compiled supernet; bench/shrinking.py has the eager alternative)."""
         x, y = self.batch(self.args.batch)
         model = self.training_step(network, variant, x, y)[0]
         cell = model.cell
         droppable = sum(len(names) - 1 for names in cell.candidates.values())
         cell.drop(round(fraction * droppable))
-        cell.compile_kernels = False  # what run_search sets for a short-lived candidate set
         with fused.using("auto"):
             record = self.search_record(model, variant, network)
         return [record | {"variant": f"{variant} ({100 * fraction:.0f}% dropped)", "dropped_fraction": fraction}]

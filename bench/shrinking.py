@@ -1,21 +1,24 @@
-"""What progressive shrinking costs per epoch, eager against compiled, and which candidate sets to compile.
+"""What progressive shrinking costs per epoch: eager against the one compiled kernel of the whole schedule.
 
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench/shrinking.py [--spaces simple,complex] [--markdown FILE]
 
 A DrNAS supernet (ResNet-8, batch 64, operator set `grafs`, random data) is shrunk to --fractions of its drops.
-At each point, with the remaining candidates only, it times the architecture step and the weight step of a
-search iteration with the fused cell eager and compiled (median of --repeats after a first call; the first
-compiled call's extra time, plus the first evaluation pass's, is the set's compile cost: cold in a fresh
-TORCHINDUCTOR_CACHE_DIR, which the run reports), and a ReLU ResNet-8 training step at batch 128 next to every
-timed step (the ratios' reference, as in bench/throughput.py: search images/s over ReLU images/s).
+At each point it times the architecture step and the weight step of a search iteration (median of --repeats
+after a first call), each next to a ReLU ResNet-8 training step at batch 128 (the ratios' reference, as in
+bench/throughput.py: search images/s over ReLU images/s), two ways:
+- eager: the fused cell with the remaining candidates only (cheaper as candidates drop);
+- compiled: the one kernel of the full candidate set with the mask as its runtime input (what a search runs).
+The first compiled call's extra time (plus the first evaluation pass's) is the compile cost: at the first point
+the kernels' compilation (cold in a fresh TORCHINDUCTOR_CACHE_DIR, which the run reports), at every later point
+what the drop cost, which is 0 unless something recompiles.
 
 The measured points then price whole searches: each epoch's candidate set (`pipeline.search.shrink`) gets its step
-times by linear interpolation in the dropped fraction, warm-start epochs run the weight step as ReLU, and a policy
-pays a set's compile cost in the set's first epoch if it compiles the set. Policies: eager throughout; compile
-every set; compile a set serving >= `search.compile_min_steps` iterations (the search's rule, with the value given
-by --min-steps). Schedules: the default study (6 epochs of 39 iterations, shrinking from epoch 1, one warm-start
-epoch) and GRAFS's length (50 epochs of 390 iterations, i.e. 25,000 images at batch 64, from epoch 2). Evaluation
-passes and data loading are left out: the ratio is the search iteration's, as in the throughput bench.
+times by linear interpolation in the dropped fraction, warm-start epochs run the weight step as ReLU. Policies:
+eager throughout; the one kernel with its compile paid once (a cold cache); the one kernel from a warm inductor
+cache (compile not counted: every later search of the space). Schedules: the default study (6 epochs of 39
+iterations, shrinking from epoch 1, one warm-start epoch) and GRAFS's length (50 epochs of 390 iterations, i.e.
+25,000 images at batch 64, from epoch 2). Evaluation passes and data loading are left out: the ratio is the
+search iteration's, as in the throughput bench.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from bench.measure import SEARCH_BATCH, Bench  # noqa: E402
 from pipeline.kernels import fused  # noqa: E402
 from pipeline.search.architect import Architect  # noqa: E402
 from pipeline.search.loop import SearchConfig, _weight_step, build_supernet  # noqa: E402
-from pipeline.search.shrink import drops_per_epoch, sets_to_compile  # noqa: E402
+from pipeline.search.shrink import drops_per_epoch  # noqa: E402
 from pipeline.training.metrics import MetricAccumulator  # noqa: E402
 
 # (name, epochs, iterations per epoch, start_shrinking, warmstart_epochs)
@@ -51,8 +54,6 @@ def parse_args(argv=None):
     p.add_argument("--fractions", default="0,0.25,0.5,0.75,0.9,1", help="dropped fractions to measure (0 and 1 "
                                                                          "needed: the schedules interpolate)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--min-steps", type=int, default=SearchConfig().compile_min_steps,
-                   help="the threshold policy's search.compile_min_steps")
     p.add_argument("--network", default="resnet8")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
@@ -64,8 +65,8 @@ def parse_args(argv=None):
     if args.fractions[0] != 0 or args.fractions[-1] != 1:
         p.error("--fractions must include 0 and 1 (the schedules interpolate between measured points)")
     args.spaces = args.spaces.split(",")
-    if args.repeats < 1 or args.min_steps < 0:
-        p.error("--repeats must be positive and --min-steps non-negative")
+    if args.repeats < 1:
+        p.error("--repeats must be positive")
     args.clock, args.batch = "wall", 128  # what Bench reads
     return args
 
@@ -107,13 +108,13 @@ def measure_space(bench: Bench, args, space: str) -> list[dict]:
                   "relu_weight_step_s": relu_weight_s, "relu_weight_reference_s": relu_reference_s}
         relu_times = []
         for mode in ("eager", "compiled"):
-            cell.compile_kernels = mode == "compiled"
             compile_s = 0.0
-            for name, step in (("arch", arch_step), ("weight", weight_step), ("eval", evaluation)):
-                first, step_s, relu_s = bench.timed(step, 1, args.repeats, reference=relu)
-                record[f"{name}_{mode}_s"] = step_s
-                compile_s += first
-                relu_times.append(relu_s)
+            with fused.using("eager" if mode == "eager" else "auto"):  # auto: batch 64 compiles, as a search
+                for name, step in (("arch", arch_step), ("weight", weight_step), ("eval", evaluation)):
+                    first, step_s, relu_s = bench.timed(step, 1, args.repeats, reference=relu)
+                    record[f"{name}_{mode}_s"] = step_s
+                    compile_s += first
+                    relu_times.append(relu_s)
             if mode == "compiled":
                 record["compile_s"] = compile_s
         record["relu_step_s"] = statistics.median(relu_times)
@@ -122,12 +123,17 @@ def measure_space(bench: Bench, args, space: str) -> list[dict]:
     return records
 
 
-def price(records: list[dict], epochs: int, steps: int, start: int, warm: int, compile_min_steps) -> dict:
-    """Seconds and per-epoch ratios of one schedule under one policy: compile_min_steps None = eager throughout."""
+POLICIES = ("eager", "one kernel, cold cache", "one kernel, warm cache")
+
+
+def price(records: list[dict], epochs: int, steps: int, start: int, warm: int, policy: str) -> dict:
+    """Seconds and per-epoch ratios of one schedule under one of POLICIES."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     droppable_total = records[0]["candidates"] - records[-1]["candidates"]
     edges = records[-1]["candidates"]
     drops = drops_per_epoch(epochs, start, droppable_total + edges, edges)
-    compiled_sets = sets_to_compile(drops, steps, compile_min_steps) if compile_min_steps is not None else None
+    mode = "eager" if policy == "eager" else "compiled"
     fractions = [r["fraction"] for r in records]
 
     def at(key, fraction):
@@ -136,49 +142,39 @@ def price(records: list[dict], epochs: int, steps: int, start: int, warm: int, c
     ratios, total, done = [], 0.0, 0
     for epoch in range(epochs):
         fraction = (done := done + drops[epoch]) / droppable_total
-        compiled = compiled_sets is not None and compiled_sets[epoch]
-        mode = "compiled" if compiled else "eager"
         weight = at("relu_weight_step_s", fraction) if epoch < warm else at(f"weight_{mode}_s", fraction)
         seconds = steps * (at(f"arch_{mode}_s", fraction) + weight)
-        if compiled and (epoch == 0 or drops[epoch] > 0):  # the set's first epoch compiles its kernels
-            seconds += at("compile_s", fraction)
+        if epoch == 0 and policy == "one kernel, cold cache":  # compiled once, for the full set
+            seconds += records[0]["compile_s"]
         ratios.append(steps * SEARCH_BATCH * relu_per_image / seconds)
         total += seconds
     return {"seconds": total, "mean_epoch_ratio": statistics.mean(ratios),
             "overall_ratio": epochs * steps * SEARCH_BATCH * relu_per_image / total, "epoch_ratios": ratios}
 
 
-def summary(records: list[dict], min_steps: int) -> list[dict]:
+def summary(records: list[dict]) -> list[dict]:
     rows = []
     for space in dict.fromkeys(r["space"] for r in records):
         points = [r for r in records if r["space"] == space]
         for name, epochs, steps, start, warm in SCHEDULES:
-            for policy, threshold in (("eager", None), ("compile every set", 0),
-                                      (f"compile_min_steps={min_steps}", min_steps)):
-                priced = price(points, epochs, steps, start, warm, threshold)
-                rows.append({"space": space, "schedule": name, "policy": policy} | priced)
+            for policy in POLICIES:
+                rows.append({"space": space, "schedule": name, "policy": policy}
+                            | price(points, epochs, steps, start, warm, policy))
     return rows
-
-
-def break_even(point: dict) -> float:
-    """Iterations after which a compiled set has saved its compile time (inf where compiled is no faster)."""
-    saving = sum(point[f"{step}_eager_s"] - point[f"{step}_compiled_s"] for step in ("arch", "weight"))
-    return point["compile_s"] / saving if saving > 0 else math.inf
 
 
 def markdown(records: list[dict], rows: list[dict], cache: str) -> str:
     lines = [f"Inductor cache: {cache}.", "",
              "| space | dropped | candidates | arch step eager / compiled (ms) | weight step eager / compiled (ms) "
-             "| iteration / ReLU step, eager | compiled | compile (s) | break-even (iterations) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| iteration / ReLU step, eager | compiled | compile or recompile (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         ratio = {mode: (SEARCH_BATCH / (r[f"arch_{mode}_s"] + r[f"weight_{mode}_s"])) / (128 / r["relu_step_s"])
                  for mode in ("eager", "compiled")}
         lines.append(f"| {r['space']} | {100 * r['fraction']:.0f}% | {r['candidates']} | "
                      f"{1e3 * r['arch_eager_s']:.0f} / {1e3 * r['arch_compiled_s']:.0f} | "
                      f"{1e3 * r['weight_eager_s']:.0f} / {1e3 * r['weight_compiled_s']:.0f} | "
-                     f"{ratio['eager']:.2f} | {ratio['compiled']:.2f} | {r['compile_s']:.1f} | "
-                     f"{break_even(r):.0f} |")
+                     f"{ratio['eager']:.2f} | {ratio['compiled']:.2f} | {r['compile_s']:.1f} |")
     for space in dict.fromkeys(r["space"] for r in records):
         r = next(r for r in records if r["space"] == space)
         cap = (SEARCH_BATCH / (2 * r["relu_weight_step_s"])) / (128 / r["relu_weight_reference_s"])
@@ -206,10 +202,9 @@ def main(argv=None):
     cache = cache_state()
     bench = Bench(args, torch.device("cpu"))
     records = []
-    with fused.using("auto"):
-        for space in args.spaces:
-            records += measure_space(bench, args, space)
-    rows = summary(records, args.min_steps)
+    for space in args.spaces:
+        records += measure_space(bench, args, space)
+    rows = summary(records)
     table = markdown(records, rows, cache)
     print(table)
     if args.json:

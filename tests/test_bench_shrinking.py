@@ -20,42 +20,34 @@ POINTS = [
 RELU_EPOCH = 10 * 64 * 0.128 / 128  # 10 iterations' images at the ReLU step's speed: 0.64 s
 
 
-def test_a_schedule_is_priced_epoch_by_epoch_with_one_compile_per_candidate_set():
-    # 3 epochs of 10 iterations, shrinking from epoch 1: logspace(0, log10(2), 3) = 1, 1.41, 2 -> drops [0, 2, 1],
-    # each set lives one epoch; epoch 0 is a warm start (weight step = ReLU's 0.04 s).
-    eager = shrinking.price(POINTS, 3, 10, 1, 1, None)
+def test_a_schedule_is_priced_epoch_by_epoch_and_the_one_kernel_compiles_once():
+    # 3 epochs of 10 iterations, shrinking from epoch 1: logspace(0, log10(2), 3) = 1, 1.41, 2 -> drops [0, 2, 1];
+    # epoch 0 is a warm start (weight step = ReLU's 0.04 s).
+    eager = shrinking.price(POINTS, 3, 10, 1, 1, "eager")
     # Epoch 1 has 2/3 of the drops: arch 0.4 - 0.2 * 2/3, weight 0.2 - 0.1 * 2/3.
     epochs = [10 * (0.4 + 0.04), 10 * (0.4 - 0.2 * 2 / 3 + 0.2 - 0.1 * 2 / 3), 10 * (0.2 + 0.1)]
     assert eager["seconds"] == pytest.approx(sum(epochs))
     assert eager["epoch_ratios"] == pytest.approx([RELU_EPOCH / s for s in epochs])
     assert eager["mean_epoch_ratio"] == pytest.approx(sum(RELU_EPOCH / s for s in epochs) / 3)
     assert eager["overall_ratio"] == pytest.approx(3 * RELU_EPOCH / sum(epochs))
-    # Compiling every set: compiled steps, plus each set's compile (10 s at 0%, 6 s at 2/3, 4 s at 100%).
-    compiled = [10 * (0.1 + 0.04) + 10, 10 * 0.15 + 6, 10 * 0.15 + 4]
-    assert shrinking.price(POINTS, 3, 10, 1, 1, 0)["seconds"] == pytest.approx(sum(compiled))
-    # The threshold compares a set's iterations (lifetime epochs x iterations per epoch) with compile_min_steps.
-    assert shrinking.price(POINTS, 3, 10, 1, 1, 10)["seconds"] == pytest.approx(sum(compiled))
-    assert shrinking.price(POINTS, 3, 10, 1, 1, 11)["seconds"] == pytest.approx(sum(epochs))
+    # The one kernel: compiled steps throughout, its compile (the first point's 10 s) once, in epoch 0.
+    compiled = [10 * (0.1 + 0.04), 10 * 0.15, 10 * 0.15]
+    warm = shrinking.price(POINTS, 3, 10, 1, 1, "one kernel, warm cache")
+    assert warm["seconds"] == pytest.approx(sum(compiled))
+    assert warm["epoch_ratios"] == pytest.approx([RELU_EPOCH / s for s in compiled])
+    cold = shrinking.price(POINTS, 3, 10, 1, 1, "one kernel, cold cache")
+    assert cold["seconds"] == pytest.approx(sum(compiled) + 10.0)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        shrinking.price(POINTS, 3, 10, 1, 1, "compile every set")
 
 
-def test_a_set_that_lives_two_epochs_is_compiled_once_and_alone():
-    # 4 epochs from epoch 2: drops [0, 0, 2, 1]; the full set serves 20 iterations, the others 10 each.
-    seconds = shrinking.price(POINTS, 4, 10, 2, 1, 20)["seconds"]
-    full_set = (10 * (0.1 + 0.04) + 10) + 10 * (0.1 + 0.05)  # compiled in epoch 0 only
-    rest = 10 * (0.4 - 0.2 * 2 / 3 + 0.2 - 0.1 * 2 / 3) + 10 * (0.2 + 0.1)  # eager
-    assert seconds == pytest.approx(full_set + rest)
-
-
-def test_break_even_and_the_tables():
-    assert shrinking.break_even(POINTS[0]) == pytest.approx(10.0 / (0.6 - 0.15))
-    same = POINTS[0] | {"arch_compiled_s": 0.4, "weight_compiled_s": 0.2}
-    assert shrinking.break_even(same) == math.inf
-    rows = shrinking.summary(POINTS, 10)
+def test_the_tables():
+    rows = shrinking.summary(POINTS)
     assert [(r["schedule"], r["policy"]) for r in rows] == [
-        (name, policy) for name, *_ in shrinking.SCHEDULES
-        for policy in ("eager", "compile every set", "compile_min_steps=10")]
+        (name, policy) for name, *_ in shrinking.SCHEDULES for policy in shrinking.POLICIES]
     text = shrinking.markdown(POINTS, rows, "cold")
-    assert "| simple | 0% | 5 | 400 / 100 | 200 / 50 | 0.11 | 0.43 | 10.0 | 22 |" in text
+    # 64 images in 0.6 s eager (0.15 s compiled) against 128 in 0.128 s: 0.107 and 0.427.
+    assert "| simple | 0% | 5 | 400 / 100 | 200 / 50 | 0.11 | 0.43 | 10.0 |" in text
     assert text.count("\n| simple | ") == len(POINTS) + len(rows)
     # Two ReLU passes of 64 images (0.04 s each) against a ReLU step of 128 (0.128 s): (64 / 0.08) / 1000.
     assert "would give 0.80." in text

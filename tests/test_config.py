@@ -160,6 +160,12 @@ def test_unknown_key_names_it_suggests_the_fix_and_lists_the_allowed_keys(raw):
     assert "search.epochz" in message and "did you mean search.epochs" in message and "'epochs'" in message
 
 
+def test_a_retired_key_says_what_became_of_it(raw):
+    raw["search"]["compile_min_steps"] = 200  # params files from before the one-kernel search
+    message = error_of(raw)
+    assert message.startswith("params.yaml: search.compile_min_steps was removed") and "delete it from" in message
+
+
 def test_unknown_section_is_rejected(raw):
     raw["serach"] = {}
     message = error_of(raw)

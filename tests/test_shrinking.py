@@ -13,7 +13,7 @@ from pipeline.kernels import fused, fused_ops
 from pipeline.search.cell import Supernet
 from pipeline.search.loop import SearchConfig, run_search
 from pipeline.search.relax import make_relaxation
-from pipeline.search.shrink import candidate_set_epochs, choose_drops, drops_per_epoch, remaining_fraction
+from pipeline.search.shrink import choose_drops, drops_per_epoch, remaining_fraction
 from pipeline.space.ops import BINARY, UNARY
 from tests.test_fused import count_unary_calls
 from tests.train_subprocess_script import colour_task
@@ -155,83 +155,110 @@ def test_a_shrinking_search_ends_with_one_operator_per_edge():
 
 
 def record_kernel_choices(monkeypatch) -> list:
-    """Spy on the fused cell: (candidates per edge, whole cell compiled, per-operator kernels) of every call, which
-    then runs eagerly (the same math; a compile would cost seconds per candidate set)."""
+    """Spy on the fused cell: (candidates per edge, whole cell compiled, per-operator kernels, host masks) of every
+    call, which then runs eagerly (the same math, masks included; a compile would cost seconds)."""
     calls, apply = [], fused._FusedCell.apply
 
-    def spy(spec, plan, compiled, op_kernels, *rest):
-        calls.append((spec.candidates, compiled, op_kernels))
-        return apply(spec, plan, False, False, *rest)
+    def spy(spec, plan, compiled, op_kernels, masks, no_grad, *rest):
+        calls.append((spec.candidates, compiled, op_kernels, None if masks is None else tuple(
+            tuple(m.tolist()) for m in masks)))
+        return apply(spec, plan, False, False, masks, no_grad, *rest)
     monkeypatch.setattr(fused._FusedCell, "apply", spy)
     return calls
 
 
-@pytest.mark.parametrize("optimizer, compile_kernels, want", [("darts", True, (True, False)),
-                                                              ("darts", False, (False, False)),
-                                                              ("gdas", False, (False, True))])
-def test_a_candidate_set_marked_short_lived_is_not_compiled(optimizer, compile_kernels, want, monkeypatch):
+@pytest.mark.parametrize("optimizer, mode, want", [("darts", "compile", (True, False)),
+                                                   ("darts", "eager", (False, False)),
+                                                   ("gdas", "compile", (False, True))])
+def test_a_compiled_cell_runs_every_candidate_under_the_mask(optimizer, mode, want, monkeypatch):
+    """Compiled: the full candidate set, the mask as input; eager: only the remaining candidates; GDAS: its sample."""
     net = small_supernet(optimizer)
-    net.cell.compile_kernels = compile_kernels
+    net.cell.drop(2)
     calls = record_kernel_choices(monkeypatch)
-    with fused.using("compile"), net.cell.forward_pass():
+    with fused.using(mode), net.cell.forward_pass():
         net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
-    assert [(compiled, op_kernels) for _, compiled, op_kernels in calls] == [want]
+    ((candidates, compiled, op_kernels, masks),) = calls
+    assert (compiled, op_kernels) == want
+    edges = list(net.cell.candidates)
+    if optimizer == "gdas":
+        assert [len(c) for c in candidates] == [1] * len(edges) and masks is None
+    elif mode == "compile":
+        assert candidates == tuple(net.cell.candidates[e] for e in edges)
+        assert masks == tuple(tuple(net.cell.masks()[e]) for e in edges) and masks[0].count(False) == 1
+    else:
+        assert candidates == tuple(net.cell.active(e) for e in edges) and masks is None
 
 
-def test_candidate_set_lifetimes_run_from_one_drop_to_the_next():
-    assert candidate_set_epochs([0, 3, 0, 0, 2, 1]) == [1, 3, 3, 3, 1, 1]
-    assert candidate_set_epochs([2, 0, 1, 0]) == [2, 2, 2, 2]
-    assert candidate_set_epochs([0, 0, 0]) == [3, 3, 3]  # no shrinking: one set for the whole search
-    grafs = drops_per_epoch(50, 2, 110, 6)
-    lifetimes = candidate_set_epochs(grafs)
-    # Independently: the epochs with drops split the search into runs; every epoch gets its run's length.
-    starts = [0] + [e for e in range(1, 50) if grafs[e]] + [50]
-    assert lifetimes == [b - a for a, b in zip(starts, starts[1:]) for _ in range(b - a)]
-    assert lifetimes[:3] == [2, 2, 1] and lifetimes[48:] == [2, 2]  # drops at 2, 3, ..., 47, 48
-
-
-@pytest.mark.parametrize("min_steps", [0, 4, 10**6])
-def test_a_shrinking_search_compiles_the_candidate_sets_that_serve_compile_min_steps(min_steps, monkeypatch):
+def test_a_shrinking_search_runs_one_candidate_set_under_changing_masks(monkeypatch):
     calls = record_kernel_choices(monkeypatch)
-    # 7 epochs of 2 iterations, drops from epoch 1: sets live 1 epoch (2 iterations) early, 2 or more later.
-    cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=7, batch_size=16, device="cpu",
-                       seed=1, start_shrinking=1, bn_recalibration_batches=1, compile_min_steps=min_steps)
+    cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=5, batch_size=16, device="cpu",
+                       seed=1, start_shrinking=1, bn_recalibration_batches=1)
     with fused.using("compile"):
         result = run_search(cfg, *loaders(count=32))
-    drops = drops_per_epoch(7, 1, 2 * 5 + 3, 3)
+    drops = drops_per_epoch(5, 1, 2 * 5 + 3, 3)
     assert [len(r["dropped"]) for r in result.history] == drops
-    lifetimes = candidate_set_epochs(drops)
-    assert min(lifetimes) == 1 and max(lifetimes) >= 2  # both kinds of set in this schedule
-    want = set()
-    for epoch, record in enumerate(result.history):  # each epoch's candidate set, read off its mask
-        names = tuple(tuple(n for n, kept in record["mask"][edge].items() if kept) for edge in record["mask"])
-        if max(map(len, names)) > 1:  # single operators: also the discretized network's evaluation
-            want.add((names, lifetimes[epoch] * 2 >= min_steps))
-    got = {(candidates, compiled) for candidates, compiled, _ in calls if max(map(len, candidates)) > 1}
-    assert got == want
-    assert len({compiled for _, compiled in got}) == (2 if min_steps == 4 else 1)  # 4: some sets compiled
+    supernet_calls = [c for c in calls if c[3] is not None]
+    # Every supernet call: the full candidate set, compiled; the masks it saw are the masks of the epochs.
+    assert {(c[0], c[1]) for c in supernet_calls} == {((tuple(OPS["unary"]),) * 2 + (tuple(OPS["binary"]),), True)}
+    seen = {c[3] for c in supernet_calls}
+    epoch_masks = {tuple(tuple(r["mask"][e].values()) for e in r["mask"]) for r in result.history}
+    assert epoch_masks <= seen and len(epoch_masks) == len({sum(drops[:e + 1]) for e in range(5)})
+
+
+BETA_OPS = {"unary": ["identity", "relu", "sigmoid", "scale", "tanh"], "binary": ["add", "mul", "interp"]}
+
+
+def cell_step(net, site, x, mode):
+    """The site's output and every gradient (x, alphas, betas) of a fixed weighted sum of it, in `mode`."""
+    net.zero_grad(set_to_none=True)
+    x.grad = None
+    with fused.using(mode), net.cell.forward_pass():
+        out = site(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()
+             if "alphas" in n or "betas" in n}
+    return out.detach(), x.grad.clone(), grads
 
 
 @pytest.mark.slow
-def test_a_compiled_kernel_leaves_dropped_operators_out(monkeypatch, caplog):
-    """Not multiplied by a zero weight: a dropped operator that returns NaN would poison the output (0 * NaN)."""
-    net = small_supernet()
+def test_one_compiled_kernel_serves_every_candidate_set_and_leaves_dropped_operators_out(monkeypatch, caplog):
+    """Compiled once for the full set: a drop recompiles nothing, and a dropped operator whose value and derivatives
+    are NaN changes no output or gradient (a weight of 0 would not do: 0 * NaN); a dropped beta gets no gradient.
+    Values and gradients equal the eager cell's, which computes only the remaining operators."""
+    torch.manual_seed(0)
+    net = Supernet("resnet8", "simple", BETA_OPS, make_relaxation("darts", seed=0)).double()
     with torch.no_grad():
-        for edge in ("u1", "u2"):
-            net.cell.alphas[edge][OPS["unary"].index("relu")] = -5.0
-    assert dict(net.cell.drop(2)) == {"u1": "relu", "u2": "relu"}
-    nan_relu = dataclasses.replace(fused_ops.UNARY_GRADS["relu"], value=lambda t, b: torch.full_like(t.x, math.nan))
-    monkeypatch.setitem(fused_ops.UNARY_GRADS, "relu", nan_relu)
+        for p in net.arch_parameters():
+            p.normal_(0.0, 1.0)
+        for edge in ("u1", "u2"):  # the lowest on the edges that read x: relu, then scale (a beta operator)
+            net.cell.alphas[edge][BETA_OPS["unary"].index("relu")] = -6.0
+            net.cell.alphas[edge][BETA_OPS["unary"].index("scale")] = -5.0
+    for name in ("relu", "scale"):  # poisoned before compiling: the kernel's code is then the same throughout
+        op = fused_ops.UNARY_GRADS[name]
+        nan = lambda t, b: torch.full_like(t.x, math.nan)  # noqa: E731
+        monkeypatch.setitem(fused_ops.UNARY_GRADS, name, dataclasses.replace(
+            op, value=nan, dx=nan, **({"dbeta": nan} if name == "scale" else {})))
     monkeypatch.setattr(fused, "_KERNELS", {})
-    x, site = torch.randn(2, 16, 4, 4, dtype=torch.float64), net.sites()[1]
-    with fused.using("compile"), net.cell.forward_pass(), caplog.at_level(logging.WARNING):
-        got = site(x)
+    site = net.sites()[1]
+    x = torch.randn(64, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+    with caplog.at_level(logging.WARNING):
+        poisoned = cell_step(net, site, x, "compile")  # compiles the forward and backward kernels of the full set
+    assert torch.isnan(poisoned[0]).all()  # with relu and scale in, the poison shows
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert dict(net.cell.drop(4)) == {"u1": "scale", "u2": "scale"}  # relu, then scale, on u1 and u2
+    with caplog.at_level(logging.WARNING):
+        got = cell_step(net, site, x, "compile")
     assert "failed" not in caplog.text  # compiled, not the eager fallback
-    (spec,) = [static[0] for kind, static in fused._KERNELS if kind == "forward"]
-    assert spec.candidates[:2] == (net.cell.active("u1"), net.cell.active("u2"))
-    assert torch.isfinite(got).all()
-    with fused.using("eager"), net.cell.forward_pass():
-        assert torch.allclose(got, site(x), rtol=1e-10, atol=1e-12)  # eager: checked by hand above
-    net.cell.set_active("u1", OPS["unary"])  # relu back in: the poison shows
-    with fused.using("eager"), net.cell.forward_pass():
-        assert torch.isnan(site(x)).all()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the drop recompiled nothing
+    assert {static[0].candidates[:2] for kind, static in fused._KERNELS} == {(tuple(BETA_OPS["unary"]),) * 2}
+    want = cell_step(net, site, x, "eager")  # only the remaining operators: the poison is never called
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
+    assert torch.allclose(got[0], want[0], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
+    assert got[2].keys() == want[2].keys()
+    for name, g in got[2].items():
+        if want[2][name] is None:
+            assert g is None, name  # a dropped candidate's beta: no gradient, as in the eager cell
+        else:
+            assert torch.allclose(g, want[2][name], rtol=1e-9, atol=1e-12), name
+    assert got[2]["cell.betas.u1__scale"] is None and got[2]["cell.betas.b1__interp"] is not None

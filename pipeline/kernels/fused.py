@@ -17,8 +17,9 @@ Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
   a compile costs 5-60 s on a 2-core CPU, more than a few small steps gain). Compiled means one kernel for the
   whole cell when its operators are fixed for the run (DARTS, DrNAS, a genotype), and for GDAS, whose cell
   changes every step, the cell run eagerly with one compiled kernel per operator (compiled the first time the
-  operator is drawn, ~1 s each, reused from then on); a search with progressive shrinking compiles only the
-  candidate sets that serve `search.compile_min_steps` iterations or more and runs the others eagerly.
+  operator is drawn, ~1 s each, reused from then on). A search with progressive shrinking runs, compiled, the
+  kernel of its full candidate set throughout, the mask a runtime input (never recompiled); eager, the remaining
+  candidates only.
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
 Compiled kernels are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR), so a second process compiles in a
 fraction of the time. A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
@@ -200,16 +201,17 @@ def _split(spec: CellSpec, params: Sequence[torch.Tensor]):
 
 class _FusedCell(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: CellSpec, plan: Plan, compiled: bool, op_kernels: bool, x, *params):
+    def forward(ctx, spec: CellSpec, plan: Plan, compiled: bool, op_kernels: bool, masks, no_grad: tuple, x,
+                *params):
         ws, betas = _split(spec, params)
         layout = _Layout(x, per_channel=any(b is not None and b.dim() > 0 for row in betas for b in row))
         ctx.spec, ctx.plan, ctx.layout, ctx.num_params = spec, plan, layout, len(params)
-        ctx.compiled, ctx.op_kernels = compiled, op_kernels
+        ctx.compiled, ctx.op_kernels, ctx.masks, ctx.no_grad = compiled, op_kernels, masks, no_grad
         # Kernels see detached views: no autograd inside, and no requires_grad for a compiled kernel to guard on.
         ws = [None if w is None else w.detach() for w in ws]
         betas = [[None if b is None else layout.beta(b.detach()) for b in row] for row in betas]
         out, nodes, derivatives = _kernel("forward", (spec, plan), compiled, op_kernels)(
-            layout.view(x.detach()).to(_compute_dtype(x)), ws, betas)
+            layout.view(x.detach()).to(_compute_dtype(x)), ws, betas, masks)
         ctx.num_nodes = len(nodes)
         # Saved: what backward reads (plan), never the candidates' outputs. A weight step of the simple space
         # keeps x, d output / dx, the binary edge's two partials and u1 - u2 (interp's d / d beta).
@@ -233,63 +235,97 @@ class _FusedCell(torch.autograd.Function):
             x_view = None if x is None else layout.view(x).to(dtype)
             local = derivatives[1:] if plan.need_x else derivatives
             grad_w, grad_b = _kernel("backward", (spec, plan, layout.reduce_dim), ctx.compiled, ctx.op_kernels)(
-                x_view, nodes, local, ws, betas, grad_view)
+                x_view, nodes, local, ws, betas, grad_view, ctx.masks)
             w_grads = [g for g, weighted in zip(grad_w, spec.weighted) if weighted]
             b_grads = [grad_b[e][k] for e, row in enumerate(spec.has_beta) for k, present in enumerate(row)
                        if present]
             b_grads = [None if g is None else layout.finish(g, p) for g, p in zip(b_grads, params[len(w_grads):])]
-            flat = [None if g is None else g.to(p.dtype) for g, p in zip(w_grads + b_grads, params)]
+            # A dropped candidate's beta gets no gradient at all (as when it was not in the cell): an optimizer
+            # then leaves it alone instead of moving it on momentum or weight decay.
+            flat = [None if g is None or i in ctx.no_grad else g.to(p.dtype)
+                    for i, (g, p) in enumerate(zip(w_grads + b_grads, params))]
         # grad_x outside the kernel: inductor does not fuse this product with the reductions there; it would
         # store and reload every adjoint they share (3 passes over memory instead of 1).
         gx = layout.restore((grad_view * derivatives[0]).to(grad.dtype)) if plan.need_x else None
-        return (None, None, None, None, gx, *flat)
+        return (None, None, None, None, None, None, gx, *flat)
 
 
 COMPILE_AS = ("cell", "operator", "none")
 
 
+def compiles(x: torch.Tensor) -> bool:
+    """Whether the current mode compiles the kernels of a cell called on `x`."""
+    mode = get_mode()
+    return mode == "compile" or (mode == "auto" and x.dim() > 0 and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
+
+
 def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequence[Optional[torch.Tensor]],
                betas: Sequence[Sequence[Optional[torch.Tensor]]], x: torch.Tensor, *,
-               compile_as: str = "cell") -> torch.Tensor:
+               compile_as: str = "cell", masks: Optional[Sequence[Optional["EdgeMask"]]] = None) -> torch.Tensor:
     """The cell's output for x. Per edge (in `edges_of(space)` order): candidate names, a weight vector (None for a
     single candidate of weight 1) and one beta tensor or None per candidate. `compile_as`, when the mode compiles:
     "cell", one kernel for the whole cell, for a cell called for many steps (DARTS, DrNAS, a genotype);
     "operator", the cell run eagerly with one compiled kernel per operator, reused by every cell (GDAS's sample,
-    which changes every step); "none", eager (the short-lived candidate sets of a search with progressive
-    shrinking: measured on the 2-core CPU, a 3-epoch DARTS search of the complex space took 161 s eager, 273 s
-    with operator kernels and 278 s with cell kernels, the compilations costing more than they save)."""
+    which changes every step); "none", eager. `masks`: per edge an `EdgeMask` over its candidates (None: all
+    remain); a dropped candidate (false) contributes nothing to the output or to any gradient, and its betas get
+    no gradient. The mask is a runtime input of the kernel: every candidate set of a shrinking search runs the
+    one kernel compiled for the full set, never recompiled (`supernet_site`)."""
     if compile_as not in COMPILE_AS:
         raise ValueError(f"compile_as must be one of {COMPILE_AS}, got {compile_as!r}")
     graph, result = _graph(space)
     spec = CellSpec(tuple(tuple(names) for names in candidates), tuple(w is not None for w in weights),
                     tuple(tuple(b is not None for b in row) for row in betas), graph, result)
-    mode = get_mode()
-    compile_ = mode == "compile" or (mode == "auto" and x.dim() > 0 and x.shape[0] >= AUTO_COMPILE_MIN_BATCH)
+    compile_ = compiles(x)
     params = [w for w in weights if w is not None] + [b for row in betas for b in row if b is not None]
+    # Which flat parameters belong to dropped candidates: read from the host copy of the mask, never from the
+    # device one (that would synchronise a GPU every forward).
+    no_grad: tuple = ()
+    if masks is not None:
+        flat_betas = [(e, k) for e, row in enumerate(betas) for k, b in enumerate(row) if b is not None]
+        offset = sum(w is not None for w in weights)
+        no_grad = tuple(offset + i for i, (e, k) in enumerate(flat_betas)
+                        if masks[e] is not None and not masks[e].keep[k])
     # From requires_grad here, not in forward: there needs_input_grad ignores torch.no_grad() (evaluation).
     track = torch.is_grad_enabled()
     plan = make_plan(spec, track and x.requires_grad,
                      [track and w is not None and w.requires_grad for w in weights],
                      [[track and b is not None and b.requires_grad for b in row] for row in betas])
     return _FusedCell.apply(spec, plan, compile_ and compile_as == "cell", compile_ and compile_as == "operator",
-                            x, *params)
+                            None if masks is None else [m if m is None else m.device_mask for m in masks],
+                            no_grad, x, *params)
+
+
+class EdgeMask:
+    """One edge's remaining candidates, on the host (what Python decides with) and as a bool tensor on the
+    device (what a compiled kernel reads)."""
+
+    __slots__ = ("keep", "device_mask")
+
+    def __init__(self, keep: Sequence[bool], device_mask: torch.Tensor):
+        self.keep, self.device_mask = tuple(keep), device_mask
 
 
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge."""
     cell = site.cell
     hard = cell.relaxation.hard
-    candidates, ws, betas = [], [], []
+    # Compiled: the full candidate set with the shrinking mask as a runtime input, so one kernel per space and
+    # operator set serves the whole schedule (and, from inductor's disk cache, every later search of it). Eager:
+    # only the remaining candidates, which is cheaper when nothing is compiled.
+    full = not hard and compiles(x)
+    candidates, ws, betas, masks = [], [], [], []
     for edge in edges_of(cell.space):
-        # Only the remaining candidates (progressive shrinking masks the others): a dropped operator is not in
-        # the kernel at all, and each candidate set gets a kernel of its own.
         names, w = cell.active(edge), weights[edge]
         if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
             k = cell.relaxation.index[edge]
             names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)
+        elif full and len(names) < len(cell.candidates[edge]):  # dropped candidates: weight 0, masked out
+            w = w.new_zeros(len(cell.candidates[edge])).index_copy(0, cell.active_index(edge, w.device), w)
+        if full:
+            names = cell.candidates[edge]
+            masks.append(EdgeMask(cell.keeps(edge), cell.mask(edge)))
         candidates.append(names)
         ws.append(w)
         betas.append([site.beta(edge, name) for name in names])
-    # A short-lived candidate set of a shrinking search runs eagerly: its kernel would not pay for its compilation.
-    compile_as = "operator" if hard else "cell" if cell.compile_kernels else "none"
-    return fused_cell(cell.space, candidates, ws, betas, x, compile_as=compile_as)
+    return fused_cell(cell.space, candidates, ws, betas, x, compile_as="operator" if hard else "cell",
+                      masks=masks if full else None)

@@ -73,9 +73,14 @@ class _Sum:
     def __init__(self):
         self.full, self.owned, self.small = None, False, None
 
-    def add(self, weight, value, like: torch.Tensor) -> None:
+    def add(self, weight, value, like: torch.Tensor, keep=None) -> None:
+        """Adds weight * value; with `keep` (a 0-d bool tensor: the candidate remains), only where it is true, by
+        selection rather than by product, so a dropped candidate's inf or NaN never reaches the sum."""
         if isinstance(value, float) and value == 0.0:
             return
+        if keep is not None:
+            term = _as_tensor(value, like) if weight is None else weight * value
+            value, weight = torch.where(keep, term, 0.0), None
         if not _is_full(value, like):  # a constant or a beta-shaped tensor
             term = value if weight is None else weight * value
             self.small = term if self.small is None else self.small + term
@@ -121,6 +126,16 @@ def _weight(ws, e: int, k: int):
     return None if ws[e] is None else ws[e][k]
 
 
+def _keep(masks, e: int, k: int):
+    """Candidate k of edge e remains: a 0-d bool tensor, or None when the cell has no mask (all remain)."""
+    return None if masks is None or masks[e] is None else masks[e][k]
+
+
+def _masked(keep, value):
+    """`value` where the candidate remains, else 0 (selected, not multiplied: a dropped NaN stays out)."""
+    return value if keep is None else torch.where(keep, value, 0.0)
+
+
 def value_and_partials(name: str, unary: bool, t, a, c, beta, with_partials: bool):
     """One candidate: (value, its partial derivatives wrt each input, or () without `with_partials`)."""
     op = UNARY_GRADS[name] if unary else BINARY_GRADS[name]
@@ -147,10 +162,12 @@ def edge_kernel(name: str, unary: bool, keep: tuple, with_tangent: bool, inputs,
     return value, [p for p, k in zip(partials, keep) if k], tangent
 
 
-def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas, op_kernels=None):
+def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas, masks=None, op_kernels=None):
     """(output, the kept inner node values, [d output / dx if needed] + the kept local and beta derivatives).
-    `op_kernels(name, unary, keep, with_tangent)`, if given, returns a compiled `edge_kernel` for edges with a
-    single candidate."""
+    `masks`, if given: per edge a bool tensor over its candidates (or None), false for a dropped one, which then
+    adds nothing to any value or derivative; a runtime input, so one compiled kernel serves every candidate set
+    of a shrinking search. `op_kernels(name, unary, keep, with_tangent)`, if given, returns a compiled
+    `edge_kernel` for edges with a single candidate."""
     values, tangents, terms, kept_local, kept_dbeta = [x], [1.0], {}, [], []
     for e, ((inputs, _), names) in enumerate(zip(spec.graph, spec.candidates)):
         unary = len(inputs) == 1
@@ -173,13 +190,13 @@ def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas, op_kernels=None):
         t = terms.setdefault(inputs[0], Terms(values[inputs[0]])) if unary else None
         a, c = (None, None) if unary else (values[inputs[0]], values[inputs[1]])
         for k, name in enumerate(names):
-            w, beta = _weight(ws, e, k), betas[e][k]
+            w, beta, keep = _weight(ws, e, k), betas[e][k], _keep(masks, e, k)
             value, partials = value_and_partials(name, unary, t, a, c, beta, with_partials)
-            total.add(w, value, x)
+            total.add(w, value, x, keep)
             if plan.keep_dbeta[e][k]:
-                kept_dbeta.append(_as_tensor(BINARY_GRADS[name].dbeta(a, c, beta), x))
+                kept_dbeta.append(_masked(keep, _as_tensor(BINARY_GRADS[name].dbeta(a, c, beta), x)))
             for partial_sum, partial in zip(partial_sums, partials):
-                partial_sum.add(w, partial, x)
+                partial_sum.add(w, partial, x, keep)
         value = total.result()
         values.append(x.new_zeros(()) if isinstance(value, float) else value)
         derivatives = [partial_sum.result() for partial_sum in partial_sums]
@@ -197,8 +214,9 @@ def cell_forward(spec: CellSpec, plan: Plan, x, ws, betas, op_kernels=None):
 
 
 def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, kept_local, ws, betas, grad,
-                  op_kernels=None):
-    """(weight grads per edge, beta grads per edge and candidate); None where not needed. Beta grads are summed
+                  masks=None, op_kernels=None):
+    """(weight grads per edge, beta grads per edge and candidate); None where not needed, 0 for a candidate
+    `masks` marks dropped (see `cell_forward`). Beta grads are summed
     over `reduce_dim` only (the caller sums the rest: a reduction over one dimension parallelizes over the batch
     when compiled). `x` is None unless `plan.keep_nodes[0]`; grad_x is the caller's grad * d output / dx."""
     kept_nodes, kept_local = iter(kept_nodes), iter(kept_local)
@@ -218,13 +236,14 @@ def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, ke
         a, c = (None, None) if unary else (values[inputs[0]], values[inputs[1]])
         edge_grad_w, beta_sums = [], {}
         for k, name in enumerate(names):
-            w, beta = _weight(ws, e, k), betas[e][k]
+            w, beta, keep = _weight(ws, e, k), betas[e][k], _keep(masks, e, k)
             op = UNARY_GRADS[name] if unary else BINARY_GRADS[name]
             if plan.need_w[e]:  # sum(g * value) for each candidate (a stacked matrix-vector product measured 3x slower)
                 value = (value_and_partials(name, unary, t, a, c, beta, False)[0] if op_kernels is None else
                          op_kernels(name, unary, (False,) * len(inputs), False)([values[n] for n in inputs], [],
                                                                                  beta)[0])
-                edge_grad_w.append((g * value).sum() if isinstance(value, torch.Tensor) else g.new_zeros(()))
+                edge_grad_w.append(_masked(keep, (g * value).sum()) if isinstance(value, torch.Tensor)
+                                   else g.new_zeros(()))
             if plan.need_beta[e][k]:
                 dbeta = saved_dbeta[e][k]
                 if dbeta is None:
@@ -234,7 +253,7 @@ def cell_backward(spec: CellSpec, plan: Plan, reduce_dim: int, x, kept_nodes, ke
                 key = ("tensor", k) if isinstance(dbeta, torch.Tensor) else dbeta
                 if key not in beta_sums:
                     beta_sums[key] = (g * dbeta if isinstance(dbeta, torch.Tensor) else g).sum(reduce_dim)
-                grad_b[e][k] = beta_sums[key] if w is None else w * beta_sums[key]
+                grad_b[e][k] = _masked(keep, beta_sums[key] if w is None else w * beta_sums[key])
         if plan.need_w[e]:
             grad_w[e] = torch.stack(edge_grad_w)  # (candidates,)
         for node, derivative in zip(inputs, local[e]):

@@ -83,10 +83,6 @@ class SearchCell(nn.Module):
         for edge, names in self.candidates.items():
             self.register_buffer(_mask_key(edge), torch.ones(len(names), dtype=torch.bool))
         self.warm_relu = False  # True: every site computes max(x, 0) (warm start of the weights)
-        # Whether the fused cell may compile a kernel for the current candidate set (when the fused mode compiles
-        # at all). The search loop clears it for the candidate sets of progressive shrinking that serve fewer
-        # than `compile_min_steps` iterations: their kernels would cost more to compile than they save.
-        self.compile_kernels = True
         self._refresh_active()
         # The names live on the host: reading a CUDA mask in every forward pass would synchronise the device.
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_active())
@@ -99,6 +95,19 @@ class SearchCell(nn.Module):
         self._active = {edge: tuple(n for n, keep in zip(names, self.mask(edge).tolist()) if keep)
                         for edge, names in self.candidates.items()}
         self._full = {edge: len(self._active[edge]) == len(names) for edge, names in self.candidates.items()}
+        self._keeps = {edge: tuple(self.mask(edge).tolist()) for edge in self.candidates}
+        self._index: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def keeps(self, edge: str) -> tuple[bool, ...]:
+        """The mask of `edge` on the host: per candidate, whether it remains."""
+        return self._keeps[edge]
+
+    def active_index(self, edge: str, device: torch.device) -> torch.Tensor:
+        """Positions of the remaining candidates of `edge` among all of them (cached per device)."""
+        key = (edge, torch.device(device))
+        if key not in self._index:
+            self._index[key] = torch.tensor([k for k, keep in enumerate(self._keeps[edge]) if keep], device=device)
+        return self._index[key]
 
     def active(self, edge: str) -> tuple[str, ...]:
         """The remaining candidates of `edge`, in registry order."""

@@ -16,9 +16,8 @@ The GRAFS procedure (Strack et al. 2024), each part optional:
   only: `Architect` takes gradients of exactly those (GRAFS's own code lets them leak into the weights).
 - Progressive shrinking (`start_shrinking`, `pipeline.search.shrink`): before an epoch, operators are dropped on a
   log-spaced schedule until one per edge remains. The mask is in the supernet's state, hence in the checkpoint.
-  The schedule is known up front, so is how many iterations each candidate set serves: a set serving at least
-  `compile_min_steps` gets compiled kernels, a shorter-lived one runs eagerly (compiling costs 5-60 s per set on
-  a 2-core CPU).
+  Compiled, every candidate set runs the one kernel of the full set, the mask being its runtime input
+  (`pipeline.kernels.fused.supernet_site`): shrinking never recompiles.
 - Every epoch also measures the discretized network (the argmax genotype with the supernet's weights) after
   BatchNorm recalibration on `bn_recalibration_batches` training batches: `discretized_val_top1` beside the
   supernet's `val_top1`, so that a collapse shows. `select: best` takes the supernet of the epoch whose
@@ -42,7 +41,7 @@ from pipeline.search.architect import Architect
 from pipeline.search.cell import Supernet
 from pipeline.search.evaluation import evaluate_discretized, evaluate_supernet, selection_score
 from pipeline.search.select import SELECTIONS, select_genotype
-from pipeline.search.shrink import drops_per_epoch, remaining_fraction, sets_to_compile
+from pipeline.search.shrink import drops_per_epoch, remaining_fraction
 from pipeline.search.skips import MAX_SKIPPED_FRACTION, BatchNormGuard, check_skipped
 from pipeline.training.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
 from pipeline.training.device import autocast_context, resolve_device, rng_state, seed_everything, set_rng_state
@@ -107,8 +106,6 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     cell = supernet.cell
     drops = drops_per_epoch(cfg.epochs, cfg.start_shrinking, sum(len(n) for n in cell.candidates.values()),
                             len(cell.candidates))
-    # Compile a candidate set's kernels only if the set serves enough iterations to pay for them (eager otherwise).
-    compile_sets = sets_to_compile(drops, len(train_loader), cfg.compile_min_steps)
     history: list[dict] = []
     skipped, steps, start_epoch = 0, 0, 0
     best: dict = {"epoch": 0, "top1": -math.inf, "state": None}  # the epoch `select: best` will take
@@ -131,7 +128,6 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         dropped = cell.drop(drops[epoch])
-        cell.compile_kernels = compile_sets[epoch]
         supernet.relaxation.set_progress(epoch, cfg.epochs)
         train_loader.set_epoch(epoch)
         val_loader.set_epoch(epoch)

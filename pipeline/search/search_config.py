@@ -91,9 +91,6 @@ class SearchSettings(BaseModel):
     start_shrinking: Optional[int] = Field(None, ge=0, description="GRAFS: epoch (from 0) of the first operator drop "
                                    "of progressive shrinking; the lowest-weight operators are dropped, log-spaced over "
                                    "the remaining epochs, until one per edge is left; null: no shrinking")
-    compile_min_steps: int = Field(200, ge=0, description="progressive shrinking: a candidate set serving fewer "
-                                   "search iterations runs its fused cell eagerly instead of compiling kernels for it "
-                                   "(0: compile every set; without shrinking the one set serves the whole search)")
     bn_recalibration_batches: int = Field(10, ge=0, description="every epoch the discretized network (argmax genotype, "
                                           "supernet's weights) is measured on the architecture split after this many "
                                           "training batches re-estimate its BatchNorm statistics; 0: none")

@@ -23,9 +23,7 @@ def perturbation_genotype(supernet: Supernet, score: Callable[[Supernet], float]
     cell = supernet.cell
     saved = {edge: cell.active(edge) for edge in edges_of(cell.space)}
     scores: dict[str, dict[str, float]] = {}
-    # Every masked candidate set is measured once: eager, as a short-lived set of progressive shrinking (a kernel
-    # per set would cost 10-100 s of compiling on a CPU for one evaluation pass).
-    compile_kernels, cell.compile_kernels = cell.compile_kernels, False
+    # Every masked candidate set runs the supernet's one compiled kernel (the mask is its runtime input).
     try:
         for edge in edges_of(cell.space):
             remaining = cell.active(edge)
@@ -42,7 +40,6 @@ def perturbation_genotype(supernet: Supernet, score: Callable[[Supernet], float]
     finally:
         for edge, names in saved.items():
             cell.set_active(edge, names)
-        cell.compile_kernels = compile_kernels
     return genotype, scores
 
 

@@ -34,25 +34,6 @@ def drops_per_epoch(epochs: int, start: Optional[int], candidates: int, edges: i
     return counts
 
 
-def candidate_set_epochs(drops: Sequence[int]) -> list[int]:
-    """For each epoch, how many epochs its candidate set is in force in all (from the drop that made it to the
-    next drop), given `drops_per_epoch`: a set's lifetime, known before the search starts, which decides whether
-    compiling a kernel for it pays (`search.compile_min_steps`). The same for every epoch of one set, so a resumed
-    search decides as the uninterrupted one did."""
-    epochs, lifetimes, start = len(drops), [0] * len(drops), 0
-    for epoch in range(1, epochs + 1):
-        if epoch == epochs or drops[epoch] > 0:
-            lifetimes[start:epoch] = [epoch - start] * (epoch - start)
-            start = epoch
-    return lifetimes
-
-
-def sets_to_compile(drops: Sequence[int], steps_per_epoch: int, min_steps: int) -> list[bool]:
-    """Per epoch: whether its candidate set serves at least `min_steps` iterations (`search.compile_min_steps`),
-    so compiling its kernels pays."""
-    return [epochs * steps_per_epoch >= min_steps for epochs in candidate_set_epochs(drops)]
-
-
 def choose_drops(weights: Mapping[str, Sequence[float]], masks: Mapping[str, Sequence[bool]],
                  count: int) -> list[tuple[str, int]]:
     """`count` drops as (edge, candidate index), in order. `weights[edge][k]` is candidate k's operator weight

@@ -284,6 +284,13 @@ def _missing_keys(model: BaseModel, prefix: str = "") -> list[str]:
     return missing
 
 
+# Keys earlier versions had: an old params file gets told what became of them rather than "unknown key".
+RETIRED = {
+    "search.compile_min_steps": "compiled searches now run one kernel for the whole shrinking schedule, so there is "
+                                "no per-set choice left to make",
+}
+
+
 def _missing(key: str) -> ParamsError:
     section, _, _ = key.rpartition(".")
     return ParamsError(f"{key} is missing from {section or 'the top level'}; every key is required "
@@ -295,6 +302,8 @@ def _one_line(error: ValidationError) -> ParamsError:
     first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc, kind, ctx = first["loc"], first["type"], first.get("ctx", {})
     key = _dotted(loc)
+    if kind == "extra_forbidden" and key in RETIRED:
+        return ParamsError(f"{key} was removed ({RETIRED[key]}); delete it from the file")
     if kind == "extra_forbidden":
         allowed = sorted(_model_at(loc[:-1]).model_fields)
         prefix = _dotted(loc[:-1]) + "." if loc[:-1] else ""
