@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data.augment import BatchLoader
-from pipeline.search.loop import SearchConfig, run_search
+from pipeline.search.loop import TIMING_KEYS, SearchConfig, run_search
 from pipeline.training.checkpoint import load_checkpoint
 from tests.train_subprocess_script import add_block_argument, colour_task, maybe_blocking, wait_for_marker_and_kill
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     train = maybe_blocking(train, args.block_at)
     config = GRAFS_CONFIG if args.grafs else CONFIG.model_copy(update={"optimizer": args.optimizer})
     result = run_search(config, train, val, checkpoint_path=args.checkpoint)
-    history = [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in result.history]
+    history = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in result.history]
     torch.save({"model": result.supernet.state_dict(), "genotype": result.genotype.to_dict(), "history": history,
                 "relaxation": result.supernet.relaxation.state_dict()}, args.out)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.data.augment import BatchLoader
-from pipeline.search.loop import run_search
+from pipeline.search.loop import TIMING_KEYS, run_search
 from pipeline.space.models import build_resnet
 from pipeline.training.device import seed_everything
 from pipeline.training.train import train_model
@@ -37,7 +37,7 @@ def search_loaders(seed: int, images: int = 64):
 
 
 def without_times(history):
-    return [{k: v for k, v in record.items() if k != "epoch_time_s"} for record in history]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
 
 
 @pytest.mark.parametrize("change", ["inputs", "steps per epoch"])

@@ -1,5 +1,6 @@
 """Relaxations, the supernet, the architecture step and the bilevel search loop."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from pipeline.search.cell import MixedActivation, SearchCell, Supernet, discreti
 from pipeline.space.genotype import SWISH, Genotype
 from pipeline.space.ops import UNARY
 from pipeline.search.relax import Dirichlet, HardGumbel, Softmax, make_relaxation
-from pipeline.search.loop import SearchConfig, build_supernet, run_search
+from pipeline.search.loop import TIMING_KEYS, SearchConfig, build_supernet, run_search
 from pipeline.search.skips import SearchDiverged
 
 SMALL_OPS = {"unary": ["identity", "zero", "sin", "square", "tanh"], "binary": ["add", "mul", "sub", "sigmul"]}
@@ -231,8 +232,21 @@ def test_search_resumes_from_its_checkpoint_exactly(tmp_path):
     assert resumed.genotype == reference.genotype
     for a, b in zip(resumed.supernet.state_dict().values(), reference.supernet.state_dict().values()):
         assert torch.equal(a, b)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in h]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]
     assert strip(resumed.history) == strip(reference.history)
+
+
+def test_each_epoch_times_its_parts(tmp_path):
+    """The parts add up to the epoch (iterations, the two evaluations, the checkpoint; logging after it)."""
+    logged = []
+    result = run_search(small_config(optimizer="darts"), *tiny_loaders(), checkpoint_path=tmp_path / "ckpt.pt",
+                        on_epoch=lambda record: logged.append(math.isnan(record["logging_s"])))
+    assert logged == [True] * len(result.history)  # logging is timed after on_epoch has run
+    for record in result.history:
+        parts = [record[k] for k in ("iterations_s", "val_eval_s", "discretized_eval_s", "checkpoint_s")]
+        assert all(p > 0 for p in parts) and record["logging_s"] >= 0
+        assert sum(parts) == pytest.approx(record["epoch_time_s"], rel=1e-6)
+        assert set(TIMING_KEYS) <= record.keys()
 
 
 def test_search_config_errors_are_clear():

@@ -158,10 +158,14 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
                 cell.warm_relu = False
         check_skipped(skipped, steps, epoch + 1, max_skipped_fraction)
         scheduler.step()
+        # The epoch's own overhead beside its iterations, timed part by part (docs/benchmarks.md's table).
+        phases = {"iterations_s": time.perf_counter() - started}
         val = evaluate_supernet(supernet, val_loader, device, cfg.amp)
         record = _epoch_record(supernet, epoch + 1)
+        phases["val_eval_s"] = time.perf_counter() - started - sum(phases.values())
         discrete = evaluate_discretized(supernet, Genotype.from_dict(record["genotype"]), train_loader, val_loader,
                                         device, cfg.bn_recalibration_batches, cfg.amp)
+        phases["discretized_eval_s"] = time.perf_counter() - started - sum(phases.values())
         train = train_acc.result()
         record |= {"lr": lr, "skipped_steps": skipped, "steps": steps, "warm_start": warm,
                    "dropped": [f"{e}.{n}" for e, n in dropped],
@@ -170,7 +174,7 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
                    "discretized_val_loss": discrete["loss"], "discretized_val_top1": discrete["top1"],
                    "discretized_val_top5": discrete["top5"],
                    "arch_loss": sum(arch_losses) / len(arch_losses) if arch_losses else math.nan,
-                   "epoch_time_s": time.perf_counter() - started}
+                   **phases, "checkpoint_s": math.nan, "logging_s": math.nan, "epoch_time_s": math.nan}
         history.append(record)
         if cfg.select == "best" and discrete["top1"] > best["top1"]:
             best = {"epoch": epoch + 1, "top1": discrete["top1"], "state": copy.deepcopy(supernet.state_dict())}
@@ -183,8 +187,13 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "architect": architect.state_dict(), "relaxation": supernet.relaxation.state_dict(),
                 "history": history, "skipped_steps": skipped, "steps": steps, "best": best, "rng": rng_state()})
+        logging_ = time.perf_counter()
+        # The rest: the copy `select: best` keeps of the epoch's state, and the checkpoint.
+        record["checkpoint_s"] = logging_ - started - sum(phases.values())
+        record["epoch_time_s"] = logging_ - started  # all but the logging, which reads it
         if on_epoch:
             on_epoch(record)
+        record["logging_s"] = time.perf_counter() - logging_  # NaN in the checkpoint, written before
     selected_epoch = cfg.epochs
     if cfg.select == "best" and best["state"] is not None:
         supernet.load_state_dict(best["state"])
@@ -192,6 +201,10 @@ def run_search(cfg: SearchConfig, train_loader, val_loader, *, checkpoint_path: 
     genotype, scores = select_genotype(supernet, cfg.selection, lambda net: selection_score(net, val_loader, device,
                                                                                               cfg.seed, cfg.amp))
     return SearchResult(genotype, history, skipped, supernet, selected_epoch, scores, steps)
+
+
+# Per epoch record: wall times of its parts, which differ between equal runs (tests compare records without them).
+TIMING_KEYS = ("iterations_s", "val_eval_s", "discretized_eval_s", "checkpoint_s", "logging_s", "epoch_time_s")
 
 
 def _cycle(loader):
