@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -51,33 +52,42 @@ ACTIVATIONS = {
     "asinh(max(elu,relu))|sqrt": with_sqrt(FOUND["asinh(max(elu,relu))|sqrt"], "grafs"),
 }
 BUDGETS = ("short", "long")
+DEFAULT_SOURCE = os.environ.get("ACTSEARCH_CIFAR10") or str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
 def run_id(run: dict) -> str:
     return f"{run['activation']}_{run['budget']}_s{run['seed']}".replace("|", "+").replace(" ", "")
 
 
-def train_one(run: dict, network: str, source: str, long_size: int, long_epochs: int, threads: int) -> dict:
+def retrain(genotype: Genotype, network: str, seed: int, budget: str, threads: int, source: str = DEFAULT_SOURCE,
+            long_size: int = 50_000, long_epochs: int = 4) -> dict:
+    """One retraining under params.yaml's rule: the `short` budget (its data.train_size x evaluate.epochs) or the
+    `long` one (long_size images x long_epochs), the full test set."""
     torch.set_num_threads(threads)
     settings, params = default_budget()
-    epochs = settings.epochs if run["budget"] == "short" else long_epochs
-    size = params["data"]["train_size"] if run["budget"] == "short" else long_size
-    cfg = TrainConfig(**{**settings.model_dump(), "epochs": epochs, "eval_every": epochs, "seed": run["seed"],
+    epochs = settings.epochs if budget == "short" else long_epochs
+    size = params["data"]["train_size"] if budget == "short" else long_size
+    cfg = TrainConfig(**{**settings.model_dump(), "epochs": epochs, "eval_every": epochs, "seed": seed,
                          "device": "auto"})
     data = load_cifar10(source, ROOT / params["data"]["cache_dir"])
     train = balanced_subset(data.train_labels, size, params["data"]["seed"])
     train_loader = BatchLoader(data.train_images[train], data.train_labels[train], cfg.batch_size, shuffle=True,
-                               augment=True, drop_last=True, seed=run["seed"])
+                               augment=True, drop_last=True, seed=seed)
     test_loader = BatchLoader(data.test_images, data.test_labels, params["evaluate"]["test_batch_size"],
                               shuffle=False, augment=False)
-    genotype = ACTIVATIONS[run["activation"]]
-    seed_everything(run["seed"], deterministic=True)
+    seed_everything(seed, deterministic=True)
     model = build_resnet(network, genotype.factory("scalar", params["evaluate"]["train_betas"], fast_forward,
                                                    "shared"))
     result = train_model(model, train_loader, test_loader, cfg, progress=False)
-    return {**run, "id": run_id(run), "network": network, "formula": genotype.formula(), "train_size": size,
-            "epochs": epochs, "status": result.status, "top1": result.final["top1"],
+    return {"network": network, "formula": genotype.formula(), "train_size": size, "epochs": epochs,
+            "status": result.status, "top1": result.final["top1"],
             "seconds": sum(r["epoch_time_s"] for r in result.history)}
+
+
+def train_one(run: dict, network: str, source: str, long_size: int, long_epochs: int, threads: int) -> dict:
+    record = retrain(ACTIVATIONS[run["activation"]], network, run["seed"], run["budget"], threads, source, long_size,
+                     long_epochs)
+    return {**run, "id": run_id(run), **record}
 
 
 def rankings(records: list[dict]) -> dict:
@@ -127,7 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--long-train-size", type=int, default=50_000)
     p.add_argument("--long-epochs", type=int, default=4)
-    p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--source", default=DEFAULT_SOURCE)
     p.add_argument("--out", default=str(ROOT / "reports" / "budget_ranking"))
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel")

@@ -7,10 +7,11 @@ supernets, simple and complex spaces, operator set "grafs" (the search's weight 
 clipping, SGD step, alphas frozen, betas trained); retraining of discretized functions (GenotypeActivation) for
 x*sigmoid(x) (identity/identity/sigmul) and max(x,0)+beta (relu/const/add). Also, on the search network: one full
 search iteration (architecture step + weight step at the search batch size), the same after 50% and 90% of
-progressive shrinking's drops (darts-simple, drnas-complex: the fused cell run eagerly for the remaining
-candidates, as a shrinking search runs its short-lived candidate sets; bench/shrinking.py compares eager with
-compiled along a whole schedule), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
-spent loading and augmenting a batch.
+progressive shrinking's drops (darts-simple, drnas-complex: the one compiled kernel of the full candidate
+set with the mask as input, as a shrinking search runs it; bench/shrinking.py compares it with eager along a whole
+schedule), the plain autograd supernet of before (fused cells off) as the reference, and the share of a step
+spent loading and augmenting a batch. Unless --quick, whole-schedule rows (bench/schedule.py): the default study's
+shrinking DrNAS search of each space, its wall time cold and warm and its mean iteration ratio over the schedule.
 
 Method
 - Time: median of --steps timed steps after --warmup untimed ones (the first untimed step compiles the fused
@@ -50,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.measure import GENOTYPES, SEARCH_NETWORK, SUPERNETS, Bench, thread_counts  # noqa: E402
+from bench.schedule import markdown as schedule_markdown, schedule_records  # noqa: E402
 from pipeline.training.device import resolve_device  # noqa: E402
 
 SHRUNK_VARIANTS = ("darts-simple", "drnas-complex")  # search iterations after 50% / 90% of the shrinking drops
@@ -143,13 +145,20 @@ def run_thread_counts(args, device) -> list[dict]:
             print(f"--- {threads} thread(s) ---", flush=True)
             subprocess.run(command + (["--quick"] if args.quick else []), check=True)
             records += json.loads(out.read_text())
+    schedule = [] if args.quick or device.type != "cpu" else schedule_records(["simple", "complex"], "drnas",
+                                                                               max(args.threads))
     print(f"\n{len(args.threads)} thread counts in {time.time() - started:.0f} s")
     print_headline(records, device, args)
+    if schedule:
+        print("\n" + schedule_markdown(schedule))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
+        if schedule:
+            args.json.with_suffix(".schedule.json").write_text(json.dumps(schedule, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.markdown:
-        args.markdown.write_text(headline_markdown(records) + "\n" + markdown_table(records))
+        args.markdown.write_text(headline_markdown(records) + "\n" + markdown_table(records)
+                                 + ("\n" + schedule_markdown(schedule) if schedule else ""))
         print(f"wrote {args.markdown}")
     return records
 
@@ -206,6 +215,8 @@ def finish(records, args, device, seconds, load_before):
     print_protocol_estimate(records, device)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
+        if schedule:
+            args.json.with_suffix(".schedule.json").write_text(json.dumps(schedule, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.markdown:
         args.markdown.write_text(markdown_table(records))

@@ -1,0 +1,58 @@
+"""bench/budget_ranking.py and bench/search_variants.py: the rankings, Spearman's rho, the variants' configs and
+tables, on made-up records (the training runs themselves are train_model's, tested elsewhere)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import budget_ranking, search_variants  # noqa: E402
+from pipeline.study.config import load_params  # noqa: E402
+
+
+def record(activation, budget, seed, top1, status="ok"):
+    return {"activation": activation, "budget": budget, "seed": seed, "top1": top1, "status": status}
+
+
+def test_rankings_and_spearman_against_a_hand_computation():
+    short = {"relu": (50, 52), "swish": (49, 51), "a": (40, 42), "b": (45, 45), "c": (30, 30)}
+    long = {"relu": (70, 72), "swish": (73, 73), "a": (60, 60), "b": (50, 52), "c": (55, 55)}
+    records = [record(a, "short", s, v[s]) for a, v in short.items() for s in (0, 1)]
+    records += [record(a, "long", s, v[s]) for a, v in long.items() for s in (0, 1)]
+    records.append(record("c", "long", 2, float("nan"), status="diverged"))  # failures are not averaged in
+    summary = budget_ranking.rankings(records)
+    assert summary["means"]["short"]["relu"] == 51 and summary["means"]["long"]["c"] == 55
+    assert summary["ranks"]["short"] == {"relu": 1, "swish": 2, "b": 3, "a": 4, "c": 5}
+    assert summary["ranks"]["long"] == {"swish": 1, "relu": 2, "a": 3, "c": 4, "b": 5}
+    # No ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)); d = 1, 0 (relu 1-2, swish 2-1), b 3-5, a 4-3, c 5-4.
+    d2 = 1 + 1 + 4 + 1 + 1
+    assert summary["spearman_rho"] == pytest.approx(1 - 6 * d2 / (5 * 24))
+    text = budget_ranking.markdown(records, summary)
+    assert "Spearman's rho (short vs long ranking): 0.600" in text
+
+
+def test_fewer_than_three_activations_give_no_rho():
+    records = [record("relu", b, 0, 50.0) for b in ("short", "long")] + [record("swish", "short", 0, 49.0)]
+    assert budget_ranking.rankings(records)["spearman_rho"] is None
+
+
+def test_variants_change_one_thing_each():
+    params = load_params(ROOT / "params.yaml", check_paths=False)
+    default = search_variants.variant_config(params, "default", "simple")
+    assert default == params.search.config("drnas", "simple", params.search_seed(0), "cpu")
+    shrink = search_variants.variant_config(params, "shrink-from-2", "simple")
+    assert shrink.start_shrinking == 2 and shrink.model_copy(update={"start_shrinking": 1}) == default
+    no_kl = search_variants.variant_config(params, "no-kl", "complex")
+    assert no_kl.drnas.regularizer == "none" and no_kl.drnas.reg_scale == default.drnas.reg_scale
+    assert search_variants.variant_config(params, "resnet20", "simple").network == "resnet20"
+
+
+def test_a_function_found_twice_is_retrained_once_and_shown_on_both_rows():
+    found = {"variant": "default", "space": "simple", "network": "resnet8", "images": 2500, "search_s": 100.0,
+             "formula": "relu(x)", "depth": "ok (x12)"}
+    searches = [found, found | {"variant": "no-kl"}]
+    retrains = [{"formula": "relu(x)", "seed": s, "status": "ok", "top1": t} for s, t in ((1, 51.0), (0, 49.0))]
+    text = search_variants.markdown(searches, retrains)
+    assert text.count("| 49.00 / 51.00 | 50.00 |") == 2
