@@ -189,6 +189,17 @@ def test_a_compiled_cell_runs_every_candidate_under_the_mask(optimizer, mode, wa
         assert candidates == tuple(net.cell.active(e) for e in edges) and masks is None
 
 
+def test_a_fully_shrunk_cell_runs_eagerly_as_the_discretized_network(monkeypatch):
+    net = small_supernet("drnas")
+    net.cell.drop(sum(len(names) - 1 for names in net.cell.candidates.values()))
+    calls = record_kernel_choices(monkeypatch)
+    with fused.using("compile"), net.cell.forward_pass():
+        net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
+    ((candidates, compiled, op_kernels, masks),) = calls
+    assert candidates == tuple((net.cell.active(e)[0],) for e in net.cell.candidates)
+    assert not compiled and not op_kernels and masks is None
+
+
 def test_a_shrinking_search_runs_one_candidate_set_under_changing_masks(monkeypatch):
     calls = record_kernel_choices(monkeypatch)
     cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=5, batch_size=16, device="cpu",
@@ -198,11 +209,13 @@ def test_a_shrinking_search_runs_one_candidate_set_under_changing_masks(monkeypa
     drops = drops_per_epoch(5, 1, 2 * 5 + 3, 3)
     assert [len(r["dropped"]) for r in result.history] == drops
     supernet_calls = [c for c in calls if c[3] is not None]
-    # Every supernet call: the full candidate set, compiled; the masks it saw are the masks of the epochs.
+    # Every supernet call with more than one candidate somewhere: the full set, compiled, under the epoch's mask.
     assert {(c[0], c[1]) for c in supernet_calls} == {((tuple(OPS["unary"]),) * 2 + (tuple(OPS["binary"]),), True)}
     seen = {c[3] for c in supernet_calls}
     epoch_masks = {tuple(tuple(r["mask"][e].values()) for e in r["mask"]) for r in result.history}
-    assert epoch_masks <= seen and len(epoch_masks) == len({sum(drops[:e + 1]) for e in range(5)})
+    shrunk = {m for m in epoch_masks if all(sum(edge) == 1 for edge in m)}
+    assert shrunk and epoch_masks - shrunk <= seen and not shrunk & seen  # the last set: eager, no mask
+    assert len(epoch_masks) == len({sum(drops[:e + 1]) for e in range(5)})
 
 
 BETA_OPS = {"unary": ["identity", "relu", "sigmoid", "scale", "tanh"], "binary": ["add", "mul", "interp"]}

@@ -311,8 +311,10 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
     hard = cell.relaxation.hard
     # Compiled: the full candidate set with the shrinking mask as a runtime input, so one kernel per space and
     # operator set serves the whole schedule (and, from inductor's disk cache, every later search of it). Eager:
-    # only the remaining candidates, which is cheaper when nothing is compiled.
-    full = not hard and compiles(x)
+    # only the remaining candidates, which is cheaper when nothing is compiled, and once shrinking has left one
+    # operator per edge (then the eager cell is the discretized network, about twice as fast as the full kernel:
+    # docs/benchmarks.md).
+    full = not hard and compiles(x) and not all(len(cell.active(edge)) == 1 for edge in cell.candidates)
     candidates, ws, betas, masks = [], [], [], []
     for edge in edges_of(cell.space):
         names, w = cell.active(edge), weights[edge]
@@ -327,5 +329,5 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
         candidates.append(names)
         ws.append(w)
         betas.append([site.beta(edge, name) for name in names])
-    return fused_cell(cell.space, candidates, ws, betas, x, compile_as="operator" if hard else "cell",
-                      masks=masks if full else None)
+    return fused_cell(cell.space, candidates, ws, betas, x,
+                      compile_as="operator" if hard else "cell" if full else "none", masks=masks if full else None)
