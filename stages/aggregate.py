@@ -10,9 +10,8 @@ runs of earlier parameters); the MLflow run of this stage receives the table and
 from __future__ import annotations
 
 import argparse
-import json
 
-from pipeline.analysis.report import ReportError, write_report
+from pipeline.analysis.report import ReportError, read_runs, write_report
 from stages.common import RESULTS, ROOT, log, run, stage_run, start
 
 STAGE = "aggregate"
@@ -54,14 +53,13 @@ def register_best_searched(mlflow_run, summary: dict, origins: dict, seeds, name
     if not mlflow_run.enabled:
         log.info("MLflow is off (study.mlflow): %s, the best searched activation, is not registered", activation)
         return None
-    runs = [json.loads((RESULTS / "evaluate" / activation / network / f"seed{seed}" / "metrics.json").read_text())
-            for seed in seeds]
+    runs = read_runs(RESULTS, [activation], [network], seeds)  # with their run records: the model URIs
     best = max((run for run in runs if run["status"] == "ok" and run.get("model_uri")),
                key=lambda run: run["test_top1"], default=None)
     if best is None:
         raise RegistrationError(f"{activation} ranks best among the searched activations on {network}, yet none of "
-                                f"its seeds {list(seeds)} has a normal run with a logged model (metrics.json "
-                                f"model_uri); rerun its evaluate stages with MLflow on (dvc repro -f)")
+                                f"its seeds {list(seeds)} has a normal run with a logged model (model_uri in "
+                                f"results/runs/evaluate); rerun its evaluate stages with MLflow on (dvc repro -f)")
     entry = activations[activation]
     tags = {"activation": activation, "formula": best["formula"], "network": network, "seed": best["seed"],
             "test_top1": best["test_top1"], "top1_mean": entry["top1"], "verdict": entry["verdict"]}

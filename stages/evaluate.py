@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.analysis.report import run_record_path
 from pipeline.data.augment import BatchLoader
 from pipeline.kernels.fused_genotype import fast_forward
 from pipeline.study.config import Params, ParamsError, parse_searched, search_stage_suffix
@@ -135,27 +136,32 @@ def main(argv: list[str]) -> None:
         checkpoint = checkpoint_path(stage)
         model, result = resume_or_restart(train, checkpoint)
         torch.save(model.state_dict(), out / "weights.pt")
-        write_csv(out / "history.csv", result.history)
+        # The DVC outputs hold what the inputs determine; wall times and the model's URI go to the run record.
+        write_csv(out / "history.csv", [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in result.history])
         times = [record["epoch_time_s"] for record in result.history]
         steady = times[1:] or times  # the first epoch also pays one-time costs (kernel compilation, warm-up)
         metrics = {"activation": args.activation, "origin": args.origin, "network": args.network,
                    "seed": args.seed, "formula": formula, "status": result.status,
                    "test_top1": result.final["top1"], "test_top5": result.final["top5"],
-                   "test_loss": result.final["loss"], "epoch_time_s": result.epoch_time_s,
-                   "steady_epoch_time_s": sum(steady) / len(steady), "epochs": cfg.epochs,
+                   "test_loss": result.final["loss"], "epochs": cfg.epochs,
                    "epochs_run": len(result.history), "diverged_epoch": result.diverged_epoch,
                    "parameters": count_parameters(model)}
+        write_json(out / "metrics.json", metrics)
         # The network as an MLflow model (mlflow.pytorch.load_model(model_uri)), on the CPU so that it loads
         # anywhere; two test images are the input example from which MLflow infers the signature.
         example = next(iter(test_loader))[0][:2].cpu().numpy()
-        metrics["model_uri"] = mlflow_run.log_model(copy.deepcopy(model).cpu().eval(), "network", example,
-                                                    [str(ROOT / "pipeline")], model_requirements())
-        write_json(out / "metrics.json", metrics)
+        record = {"epoch_time_s": result.epoch_time_s, "steady_epoch_time_s": sum(steady) / len(steady),
+                  "epoch_times_s": times,
+                  "model_uri": mlflow_run.log_model(copy.deepcopy(model).cpu().eval(), "network", example,
+                                                    [str(ROOT / "pipeline")], model_requirements())}
+        record_path = run_record_path(RESULTS, args.activation, args.network, args.seed)
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(record_path, record)
         mlflow_run.log_metrics({"final_test_top1": result.final["top1"], "final_test_top5": result.final["top5"],
                                 "mean_epoch_time_s": result.epoch_time_s})
         mlflow_run.set_tags({"status": result.status})
-        for file in ("metrics.json", "history.csv", "genotype.json"):
-            mlflow_run.log_artifact(out / file)
+        for file in (out / "metrics.json", out / "history.csv", out / "genotype.json", record_path):
+            mlflow_run.log_artifact(file)
         log.info("%s on %s, seed %d: %s, test top-1 %.2f", args.activation, args.network, args.seed,
                  result.status, result.final["top1"])
     drop_finished_checkpoint(checkpoint)  # under the Ray runner: kept until its dvc commit

@@ -128,6 +128,18 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert not ran_stages(second), second
     assert "up to date" in second or "didn't change" in second
 
+    # Reproducible: a forced rerun of a search and of a retraining writes the same DVC outputs (dvc.lock's hashes
+    # of every file); wall times and model URIs went to results/runs, which is no stage's output.
+    before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    rerun = [f"search@{suffixes[searched[0]]}", f"evaluate-baseline@relu-{networks[0]}-{seeds[0]}"]
+    for stage in rerun:
+        assert ran_stages(dvc(project, "repro", "-f", "-s", stage)) == {stage}
+    after = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for stage in rerun:
+        assert after[stage]["outs"] == before[stage]["outs"], stage
+    record = project / "results" / "runs" / "evaluate" / "relu" / networks[0] / f"seed{seeds[0]}.json"
+    assert json.loads(record.read_text())["model_uri"].startswith("models:/")
+
     # A DVC experiment against the committed study: only the stages that read the changed param rerun.
     subprocess.run(GIT + ["add", "-A"], cwd=project, check=True)
     subprocess.run(GIT + ["commit", "-qm", "baseline study"], cwd=project, check=True)
@@ -206,7 +218,8 @@ def check_logged_model(project: Path, network: str, seed: str) -> None:
     from pipeline.space.models import build_resnet
 
     out = project / "results" / "evaluate" / "relu" / network / f"seed{seed}"
-    uri = json.loads((out / "metrics.json").read_text())["model_uri"]
+    uri = json.loads((project / "results" / "runs" / "evaluate" / "relu" / network / f"seed{seed}.json").read_text())[
+        "model_uri"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     loaded = mlflow.pytorch.load_model(uri).eval()
     saved = build_resnet(network, RELU.factory("scalar", True, fast_forward))

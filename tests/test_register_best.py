@@ -6,7 +6,7 @@ import logging
 import pytest
 
 import stages.aggregate as aggregate
-from pipeline.analysis.report import write_report
+from pipeline.analysis.report import run_record_path, write_report
 from tests.test_report import NETWORKS, ORIGINS, SEEDS, results  # noqa: F401 (results: the fixture)
 
 
@@ -25,8 +25,10 @@ def write_run(results, activation, seed, top1, status="ok", network="resnet20"):
     out = results / "evaluate" / activation / network / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     out.joinpath("metrics.json").write_text(json.dumps({
-        "status": status, "test_top1": top1, "seed": seed, "formula": f"f_{activation}",
-        "model_uri": f"models:/{activation}-{seed}"}))
+        "status": status, "test_top1": top1, "seed": seed, "formula": f"f_{activation}"}))
+    record = run_record_path(results, activation, network, seed)  # the URI lives outside the DVC outputs
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"model_uri": f"models:/{activation}-{seed}"}))
 
 
 def summary_of(top1: dict) -> dict:
@@ -87,8 +89,7 @@ def test_a_summary_without_the_searched_rows_fails_loudly(tmp_path, monkeypatch)
 def test_a_best_activation_without_a_logged_model_fails_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr(aggregate, "RESULTS", tmp_path)
     write_run(tmp_path, "darts-simple", 0, 60.0)
-    metrics = tmp_path / "evaluate" / "darts-simple" / "resnet20" / "seed0" / "metrics.json"
-    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "model_uri": None}))
+    run_record_path(tmp_path, "darts-simple", "resnet20", 0).write_text(json.dumps({"model_uri": None}))
     with pytest.raises(aggregate.RegistrationError, match="darts-simple ranks best.*no.*logged model"):
         aggregate.register_best_searched(Recorder(), summary_of({"darts-simple": 60.0}), {"darts-simple": "searched"},
                                          [0], "x")

@@ -4,7 +4,9 @@ Reads results/ only (never MLflow, which also holds runs of earlier parameters).
 - results/evaluate/<activation>/<network>/seed<k>/metrics.json, history.csv and genotype.json (every expected run);
 - results/discretize/<name>/discretize.json and genotype.json (searched activations, `<optimizer>-<space>` or
   `<optimizer>-<space>-s<search seed>`);
-- results/search/<name>/history.json (searched activations).
+- results/search/<name>/history.json (searched activations);
+- results/runs/evaluate/<activation>/<network>/seed<k>.json, where present: what differs between equal runs (wall
+  times, the MLflow model URI), kept beside the DVC outputs so that those are the same for the same inputs.
 Writes results.csv (every number, pipeline.analysis.table), results.md (the ranked table with verdicts, the rank
 transfer and the per-search summary, pipeline.analysis.markdown), summary.json (headline numbers only, the DVC
 metric) and figures/.
@@ -48,10 +50,23 @@ def run_dir(results: Path, activation: str, network: str, seed: int) -> Path:
     return results / "evaluate" / activation / network / f"seed{seed}"
 
 
+def run_record_path(results: Path, activation: str, network: str, seed: int) -> Path:
+    """A retraining's run record: its wall times and MLflow model URI, values that differ between runs of the same
+    inputs and so stay out of the DVC outputs (results/runs is no stage's output)."""
+    return results / "runs" / "evaluate" / activation / network / f"seed{seed}.json"
+
+
 def read_runs(results: Path, activations: Sequence[str], networks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-    """metrics.json of every (activation, network, seed) the params ask for."""
-    return [_read_json(run_dir(results, a, n, s) / "metrics.json") for a in activations for n in networks
-            for s in seeds]
+    """metrics.json of every (activation, network, seed) the params ask for, with its run record's keys where
+    there is one (a run record is optional: outputs pulled from a DVC remote come without)."""
+    runs = []
+    for a in activations:
+        for n in networks:
+            for s in seeds:
+                record = run_record_path(results, a, n, s)
+                runs.append(_read_json(run_dir(results, a, n, s) / "metrics.json")
+                            | (_read_json(record) if record.is_file() else {}))
+    return runs
 
 
 def _genotype(path: Path) -> Genotype:

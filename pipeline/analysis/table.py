@@ -57,7 +57,7 @@ def _status(runs: list[dict]) -> str:
 
 def _time_per_epoch(runs: list[dict]) -> float:
     """Mean steady-state seconds per epoch (first epoch left out: it also pays compilation and warm-up)."""
-    times = [r["steady_epoch_time_s"] for r in runs if r["status"] != "diverged" and r["steady_epoch_time_s"]]
+    times = [r["steady_epoch_time_s"] for r in runs if r["status"] != "diverged" and r.get("steady_epoch_time_s")]
     return sum(times) / len(times) if times else math.nan
 
 
