@@ -34,7 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from pipeline.data.augment import BatchLoader  # noqa: E402
 from pipeline.search.loop import run_search  # noqa: E402
 from pipeline.space.models import build_resnet  # noqa: E402
-from pipeline.study.config import load_params  # noqa: E402
+from stages.common import study_params  # noqa: E402
 
 RELU_BATCH = 128
 
@@ -68,7 +68,7 @@ def one_search(space: str, optimizer: str, threads: int, epochs: int | None = No
     """Runs in its own process (the inductor cache directory is the caller's environment). `epochs` and `images`
     (per split) shrink the search for a smoke test."""
     torch.set_num_threads(threads)
-    params = load_params(ROOT / "params.yaml", check_paths=False)
+    params = study_params(check_paths=False)
     cfg = params.search.config(optimizer, space, 0, "cpu")
     if epochs is not None:
         cfg = cfg.model_copy(update={"epochs": epochs, "start_shrinking": min(cfg.start_shrinking or 0, epochs - 1)})

@@ -35,8 +35,7 @@ from bench.budget_ranking import retrain  # noqa: E402
 from pipeline.data.augment import BatchLoader  # noqa: E402
 from pipeline.search.loop import SearchConfig, run_search  # noqa: E402
 from pipeline.space.genotype import Genotype  # noqa: E402
-from pipeline.study.config import load_params  # noqa: E402
-from stages.common import search_loaders  # noqa: E402
+from stages.common import search_loaders, study_params  # noqa: E402
 from stages.discretize import run_depth_check  # noqa: E402
 
 # name: (changes to the search config, share of each search split's images)
@@ -66,7 +65,7 @@ def variant_config(params, variant: str, space: str) -> SearchConfig:
 
 def search_one(variant: str, space: str, threads: int) -> dict:
     torch.set_num_threads(threads)
-    params = load_params(ROOT / "params.yaml")
+    params = study_params()
     cfg, share = variant_config(params, variant, space), VARIANTS[variant][1]
     train, val = (subset(loader, share) for loader in search_loaders(cfg.batch_size, cfg.seed, torch.device("cpu")))
     started = time.perf_counter()

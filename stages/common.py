@@ -50,9 +50,14 @@ def run(main: Callable[[list[str]], None], *stage_errors: type[Exception]) -> No
         sys.exit(2)
 
 
+def study_params(check_paths: bool = True) -> Params:
+    """The project's params.yaml, validated (for the stages, and for the benchmarks that rerun parts of the study)."""
+    return load_params(ROOT / "params.yaml", check_paths=check_paths)
+
+
 def start(stage: str) -> Params:
     """Validate params.yaml (all of it), the free disk space and the MLflow store before the stage does any work."""
-    params = load_params(ROOT / "params.yaml")
+    params = study_params()
     check_free_space(ROOT, params.preflight.min_free_mb)
     if params.study.mlflow:
         check_tracking(params.tracking_uri())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.analysis.report import run_record_path
+from pipeline.analysis.layout import run_record_path
 from pipeline.data.augment import BatchLoader
 from pipeline.kernels.fused_genotype import fast_forward
 from pipeline.study.config import Params, ParamsError, parse_searched, search_stage_suffix

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import budget_ranking, search_variants  # noqa: E402
-from pipeline.study.config import load_params  # noqa: E402
+from stages.common import study_params  # noqa: E402
 
 
 def record(activation, budget, seed, top1, status="ok"):
@@ -39,7 +39,7 @@ def test_fewer_than_three_activations_give_no_rho():
 
 
 def test_variants_change_one_thing_each():
-    params = load_params(ROOT / "params.yaml", check_paths=False)
+    params = study_params(check_paths=False)
     default = search_variants.variant_config(params, "default", "simple")
     assert default == params.search.config("drnas", "simple", params.search_seed(0), "cpu")
     shrink = search_variants.variant_config(params, "shrink-from-2", "simple")

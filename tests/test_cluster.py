@@ -58,10 +58,12 @@ def ci_project(destination: Path, archive: Path, cache: Path) -> Path:
     def ci_params(params):
         params["data"]["source"] = str(archive)
         params["data"]["cache_dir"] = str(cache)  # decoded images, shared by both studies (no stage's param)
-        params["cluster"]["evaluate"]["resources"] = {"fakegpu": 1}  # retrainings only on the worker node
         params["search"]["optimizers"] = ["darts"]
         params["evaluate"]["baselines"] = ["relu"]
     edit_params(project, ci_params)
+    settings = yaml.safe_load((project / "cluster.yaml").read_text())
+    settings["evaluate"]["resources"] = {"fakegpu": 1}  # retrainings only on the worker node
+    (project / "cluster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return project
 
 

@@ -49,8 +49,10 @@ def toy_project(folder: Path, mlflow: bool = False) -> Path:
     (project / "control").mkdir(parents=True)
     params = yaml.safe_load((ROOT / "presets" / "ci.yaml").read_text())
     params["study"]["mlflow"] = mlflow
-    params["cluster"]["search"] = {"num_cpus": 1, "num_gpus": 0, "resources": {}}  # both searches at once
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    settings = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    settings["search"] = {"num_cpus": 1, "num_gpus": 0, "resources": {}}  # both searches at once
+    (project / "cluster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     (project / "stage.py").write_text(STAGE_SCRIPT)
     (project / "pipeline").symlink_to(ROOT / "pipeline")  # Ray's workers import the runner's code from there
     after = {"prepare": [], "search-a": ["prepare"], "search-b": ["prepare"], "aggregate": ["search-a", "search-b"]}

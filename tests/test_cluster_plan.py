@@ -7,7 +7,8 @@ from pipeline.study.cluster_plan import StagePlan
 from pipeline.study.cluster_dvc import read_graph
 from pipeline.study.config import search_stage_suffix
 from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options
-from pipeline.study.config import ParamsError, load_params
+from pipeline.study.cluster_settings import ClusterError, load_cluster_settings
+from pipeline.study.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # The study's shape: prepare -> search@a/b -> discretize@a/b -> evaluate-searched@a/b; baselines need only prepare.
@@ -84,22 +85,22 @@ def test_task_options_drop_gpus_only_on_a_cluster_without_them():
     assert task_options(settings, "evaluate", cluster_has_gpus=False)["num_gpus"] == 0
 
 
-def test_the_cluster_section_is_checked_with_one_line_errors(tmp_path):
-    base = (ROOT / "params.yaml").read_text()
-    params = load_params(_write(tmp_path, base), check_paths=False)
-    assert params.cluster.model_dump()["search"] == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {}}
-    assert params.cluster.max_retries == 2
-    for wrong, key in [("evaluate: {num_cpus: 1, num_gpus: -1, resources: {}}", "cluster.evaluate.num_gpus"),
-                       ("evaluate: {num_cpus: 1, num_gpus: 0, resources: {fakegpu: x}}", "cluster.evaluate.resources"),
-                       ("evaluate: {num_cpus: 1, num_gpus: 0}", "cluster.evaluate.resources")]:
+def test_the_cluster_settings_are_checked_with_one_line_errors(tmp_path):
+    base = (ROOT / "cluster.yaml").read_text()
+    settings = load_cluster_settings(_write(tmp_path, base))
+    assert settings.model_dump()["search"] == {"num_cpus": 2.0, "num_gpus": 1.0, "resources": {}}
+    assert settings.max_retries == 2
+    for wrong, key in [("evaluate: {num_cpus: 1, num_gpus: -1, resources: {}}", "evaluate.num_gpus"),
+                       ("evaluate: {num_cpus: 1, num_gpus: 0, resources: {fakegpu: x}}", "evaluate.resources"),
+                       ("evaluate: {num_cpus: 1, num_gpus: 0}", "evaluate.resources")]:
         text = base.replace("evaluate: {num_cpus: 1, num_gpus: 0.25, resources: {}}", wrong)
-        with pytest.raises(ParamsError) as error:
-            load_params(_write(tmp_path, text), check_paths=False)
+        with pytest.raises(ClusterError) as error:
+            load_cluster_settings(_write(tmp_path, text))
         assert key in str(error.value) and "\n" not in str(error.value)
 
 
 def _write(folder, text):
-    path = folder / "params.yaml"
+    path = folder / "cluster.yaml"
     path.write_text(text)
     return path
 

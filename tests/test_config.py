@@ -387,3 +387,11 @@ def test_each_stage_lists_exactly_the_modules_its_script_imports(name):
     assert not listed - imported - EXECUTION_ONLY, f"{name} lists but never imports {sorted(listed - imported)}"
     for folder in folders:
         assert not {m for m in listed - EXECUTION_ONLY if m.startswith(folder + "/")} - imported, folder
+
+
+def test_each_preset_has_its_own_mlflow_experiment_and_registered_model():
+    """A GPU protocol run and the CPU default must not mix their runs or versions of one registered model
+    (`<experiment>-best-searched`)."""
+    files = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
+    names = [yaml.safe_load(f.read_text())["study"]["experiment"] for f in files]
+    assert len(set(names)) == len(files), dict(zip((f.name for f in files), names))

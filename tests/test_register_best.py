@@ -6,7 +6,8 @@ import logging
 import pytest
 
 import stages.aggregate as aggregate
-from pipeline.analysis.report import run_record_path, write_report
+from pipeline.analysis.layout import run_record_path
+from pipeline.analysis.report import write_report
 from tests.test_report import NETWORKS, ORIGINS, SEEDS, results  # noqa: F401 (results: the fixture)
 
 

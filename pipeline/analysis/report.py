@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.analysis.equivalence import equivalence_warning
 from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS
+from pipeline.analysis.layout import run_dir, run_record_path
 from pipeline.analysis.markdown import results_markdown
 from pipeline.analysis.plots import plot_lines
 from pipeline.analysis.stats import spearman, verdict_class
@@ -44,16 +45,6 @@ def _read_json(path: Path) -> dict:
         raise ReportError(f"{path} is missing: run the stage that writes it (dvc repro)") from None
     except json.JSONDecodeError as err:
         raise ReportError(f"{path} is not valid JSON ({err}); rerun the stage that writes it (dvc repro -f)") from None
-
-
-def run_dir(results: Path, activation: str, network: str, seed: int) -> Path:
-    return results / "evaluate" / activation / network / f"seed{seed}"
-
-
-def run_record_path(results: Path, activation: str, network: str, seed: int) -> Path:
-    """A retraining's run record: its wall times and MLflow model URI, values that differ between runs of the same
-    inputs and so stay out of the DVC outputs (results/runs is no stage's output)."""
-    return results / "runs" / "evaluate" / activation / network / f"seed{seed}.json"
 
 
 def read_runs(results: Path, activations: Sequence[str], networks: Sequence[str], seeds: Sequence[int]) -> list[dict]:

@@ -6,7 +6,7 @@
 The graph, the commands and what is stale come from DVC itself (its Python API), never from a reading of
 dvc.yaml here. A stage whose upstream stages are all finished is checked with DVC (`Stage.changed`, what
 `dvc repro` checks at its turn); an unchanged one is skipped, a changed one has its outputs removed (as DVC
-does) and its `cmd` submitted as a Ray task with its kind's resources (params `cluster`). When the task ends
+does) and its `cmd` submitted as a Ray task with its kind's resources (cluster.yaml). When the task ends
 the driver, the only process that writes dvc.lock, records the stage as `dvc commit --force <stage>` does. So
 the outputs, the dvc.lock entries and `dvc status` are those of a serial `dvc repro`; only the order of the
 entries in dvc.lock follows the order in which stages finished (DVC reads it as a mapping).
@@ -36,6 +36,7 @@ from pipeline.study.cluster_ray import (FORWARDED_ENV_PREFIXES, check_shared_fil
                                         log_path, ray_auth_warning, run_stage_task, stage_kind, task_options,
                                         token_auth_enabled)
 from pipeline.study.cluster_secrets import SECRETS_FILE_ENV, secrets_of, write_secrets
+from pipeline.study.cluster_settings import CLUSTER_FILE, ClusterError, load_cluster_settings
 from pipeline.study.cluster_signals import Interrupt
 from pipeline.study.config import ParamsError, load_params
 from pipeline.study.stage_checkpoints import KEEP_CHECKPOINT_ENV, checkpoint_file
@@ -136,16 +137,17 @@ def repro(args) -> int:
     root = Path.cwd().resolve()
     try:
         params = load_params(root / "params.yaml")
-    except ParamsError as error:
+        resources = load_cluster_settings(root / args.settings).model_dump()
+    except (ParamsError, ClusterError) as error:
         raise SystemExit(f"error: {error}") from None
     with ExitStack() as stack:
         project = stack.enter_context(locked_project(root))  # held until the last commit: one writer at a time
         needs, cmds = project.graph(args.stages)
         kinds = {name: stage_kind(name) for name in needs}
-        unknown = sorted({kind for kind in kinds.values() if kind not in params.cluster.model_dump()})
+        unknown = sorted({kind for kind in kinds.values() if kind not in resources})
         if unknown:
-            raise SystemExit(f"error: params.yaml: cluster has no resources for stage kind(s) {unknown}; add e.g. "
-                             f"cluster.{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
+            raise SystemExit(f"error: {args.settings}: no resources for stage kind(s) {unknown}; add e.g. "
+                             f"{unknown[0]}: {{num_cpus: 1, num_gpus: 0, resources: {{}}}}")
         if not project.stale(args.stages):
             print("Data and pipelines are up to date.", flush=True)  # no cluster, no MLflow server needed
             return 0
@@ -158,7 +160,7 @@ def repro(args) -> int:
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         if not has_gpus:
             print("no GPUs in the cluster: every stage runs on CPUs (num_gpus ignored)", flush=True)
-        options = {name: task_options(params.cluster.model_dump(), kind, has_gpus) for name, kind in kinds.items()}
+        options = {name: task_options(resources, kind, has_gpus) for name, kind in kinds.items()}
         uri, secrets = tracking_env(args, params, len(nodes) > 1, stack, root)
         env = forwarded_env(uri | {KEEP_CHECKPOINT_ENV: "1"})  # the runner deletes checkpoints after commits
         if secrets:
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("repro", help="reproduce the pipeline (or the given stages) on a Ray cluster")
     run.add_argument("stages", nargs="*", help="stage names as in `dvc repro` (default: the whole pipeline)")
     run.add_argument("--address", default="auto", help="Ray cluster: auto (a running `ray start`) or HOST:PORT")
+    run.add_argument("--settings", default=CLUSTER_FILE, help="the stage kinds' Ray resources (default: %(default)s)")
     run.add_argument("--mlflow", choices=("auto", "server", "store"), default="auto",
                      help="server: start one `mlflow server` in front of the store; store: the store as is; "
                           "auto: a server when the cluster has several nodes and the store is SQLite")

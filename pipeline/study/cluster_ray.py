@@ -43,7 +43,7 @@ class StageKilled(RuntimeError):
 
 
 def stage_kind(stage: str) -> str:
-    """'evaluate-baseline@relu-resnet8-0' -> 'evaluate': the key of the stage's resources in params `cluster`."""
+    """'evaluate-baseline@relu-resnet8-0' -> 'evaluate': the key of the stage's resources in cluster.yaml."""
     return stage.split("@")[0].split("-")[0]
 
 

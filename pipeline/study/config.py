@@ -176,28 +176,6 @@ class EvaluateParams(TrainSettings):
         return TrainConfig(**self.model_dump(include=set(TrainSettings.model_fields)), seed=seed, device=device)
 
 
-class StageResources(BaseModel):
-    """What one stage of a kind asks Ray for (pipeline.study.cluster)."""
-    model_config = SETTINGS
-    num_cpus: float = Field(ge=0, strict=False, description="CPUs (and torch threads) per stage of this kind")
-    num_gpus: float = Field(ge=0, strict=False, description="GPUs per stage of this kind: fractions share a GPU; "
-                                                            "ignored without GPUs")
-    resources: dict[str, Annotated[float, Field(ge=0, strict=False)]] = Field(
-        description="custom Ray resources, e.g. {} or {fakegpu: 1}")
-
-
-class ClusterParams(BaseModel):
-    """The Ray runner's settings: an execution setting, no stage's DVC param."""
-    model_config = SETTINGS
-    max_retries: int = Field(ge=0, description="Ray reruns a stage whose worker died this often")
-    download: StageResources
-    prepare: StageResources
-    search: StageResources
-    discretize: StageResources
-    evaluate: StageResources
-    aggregate: StageResources
-
-
 class Params(BaseModel):
     """The whole params.yaml; relative paths in it are relative to the project root (`root`)."""
     model_config = SETTINGS
@@ -207,7 +185,6 @@ class Params(BaseModel):
     search: SearchParams
     discretize: DiscretizeParams
     evaluate: EvaluateParams
-    cluster: ClusterParams
     _root: Path = PrivateAttr(default=Path("."))
 
     @property
@@ -286,6 +263,8 @@ def _missing_keys(model: BaseModel, prefix: str = "") -> list[str]:
 
 # Keys earlier versions had: an old params file gets told what became of them rather than "unknown key".
 RETIRED = {
+    "cluster": "the Ray runner's settings are in cluster.yaml now, so that DVC shows only what stages read; move "
+               "the section there",
     "search.compile_min_steps": "compiled searches now run one kernel for the whole shrinking schedule, so there is "
                                 "no per-set choice left to make",
 }
