@@ -49,8 +49,11 @@ def test_the_committed_defaults_load_and_describe_the_whole_study():
     every = load_params(ROOT / "presets" / "optimizers.yaml", check_paths=False)
     assert list(every.activations()) == ["relu", "swish", "darts-simple-s0", "darts-complex-s0", "gdas-simple-s0",
                                          "gdas-complex-s0", "drnas-simple-s0", "drnas-complex-s0"]
-    # The same study otherwise: only the optimizers differ.
-    assert every.model_dump() == params.model_dump() | {"search": every.search.model_dump()}
+    # The same study otherwise: only the optimizers differ (and the MLflow experiment, which each preset has its own).
+    assert every.study.experiment != params.study.experiment
+    assert every.model_dump() == params.model_dump() | {"search": every.search.model_dump(),
+                                                        "study": every.study.model_dump()}
+    assert every.study.model_dump() | {"experiment": params.study.experiment} == params.study.model_dump()
     assert every.search.model_dump() | {"optimizers": ["drnas"]} == params.search.model_dump()
 
 

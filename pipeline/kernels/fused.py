@@ -269,7 +269,7 @@ def fused_cell(space: str, candidates: Sequence[Sequence[str]], weights: Sequenc
     which changes every step); "none", eager. `masks`: per edge an `EdgeMask` over its candidates (None: all
     remain); a dropped candidate (false) contributes nothing to the output or to any gradient, and its betas get
     no gradient. The mask is a runtime input of the kernel: every candidate set of a shrinking search runs the
-    one kernel compiled for the full set, never recompiled (`supernet_site`)."""
+    one kernel compiled for the full set, never recompiled (`pipeline.search.fused_site`)."""
     if compile_as not in COMPILE_AS:
         raise ValueError(f"compile_as must be one of {COMPILE_AS}, got {compile_as!r}")
     graph, result = _graph(space)
@@ -303,31 +303,3 @@ class EdgeMask:
 
     def __init__(self, keep: Sequence[bool], device_mask: torch.Tensor):
         self.keep, self.device_mask = tuple(keep), device_mask
-
-
-def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge."""
-    cell = site.cell
-    hard = cell.relaxation.hard
-    # Compiled: the full candidate set with the shrinking mask as a runtime input, so one kernel per space and
-    # operator set serves the whole schedule (and, from inductor's disk cache, every later search of it). Eager:
-    # only the remaining candidates, which is cheaper when nothing is compiled, and once shrinking has left one
-    # operator per edge (then the eager cell is the discretized network, about twice as fast as the full kernel:
-    # docs/benchmarks.md).
-    full = not hard and compiles(x) and not all(len(cell.active(edge)) == 1 for edge in cell.candidates)
-    candidates, ws, betas, masks = [], [], [], []
-    for edge in edges_of(cell.space):
-        names, w = cell.active(edge), weights[edge]
-        if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
-            k = cell.relaxation.index[edge]
-            names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)
-        elif full and len(names) < len(cell.candidates[edge]):  # dropped candidates: weight 0, masked out
-            w = w.new_zeros(len(cell.candidates[edge])).index_copy(0, cell.active_index(edge, w.device), w)
-        if full:
-            names = cell.candidates[edge]
-            masks.append(EdgeMask(cell.keeps(edge), cell.mask(edge)))
-        candidates.append(names)
-        ws.append(w)
-        betas.append([site.beta(edge, name) for name in names])
-    return fused_cell(cell.space, candidates, ws, betas, x,
-                      compile_as="operator" if hard else "cell" if full else "none", masks=masks if full else None)

@@ -24,6 +24,7 @@ from pipeline.kernels.fused_genotype import fast_forward
 from pipeline.space.genotype import SPACES, Genotype, beta_shape, edges_of, run_cell
 from pipeline.space.models import build_resnet
 from pipeline.space.ops import BINARY, UNARY, resolve_op_set
+from pipeline.search.fused_site import supernet_site
 from pipeline.search.relax import Relaxation
 from pipeline.search.shrink import choose_drops
 
@@ -202,7 +203,7 @@ class MixedActivation(nn.Module):
             return F.relu(x)
         weights = self.cell.edge_weights()
         if fused.enabled():  # the same cell as one autograd node with closed-form derivatives (much faster)
-            return fused.supernet_site(self, weights, x)
+            return supernet_site(self, weights, x)
         return run_cell(self.cell.space, x, lambda edge, *inputs: self._mixed_edge(weights, edge, *inputs))
 
 

@@ -17,7 +17,7 @@ The GRAFS procedure (Strack et al. 2024), each part optional:
 - Progressive shrinking (`start_shrinking`, `pipeline.search.shrink`): before an epoch, operators are dropped on a
   log-spaced schedule until one per edge remains. The mask is in the supernet's state, hence in the checkpoint.
   Compiled, every candidate set runs the one kernel of the full set, the mask being its runtime input
-  (`pipeline.kernels.fused.supernet_site`): shrinking never recompiles.
+  (`pipeline.search.fused_site`): shrinking never recompiles.
 - Every epoch also measures the discretized network (the argmax genotype with the supernet's weights) after
   BatchNorm recalibration on `bn_recalibration_batches` training batches: `discretized_val_top1` beside the
   supernet's `val_top1`, so that a collapse shows. `select: best` takes the supernet of the epoch whose

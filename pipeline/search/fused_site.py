@@ -1,0 +1,42 @@
+"""A supernet site on the fused path: `MixedActivation.forward` as one fused cell (`pipeline.kernels.fused`).
+
+Which candidates the kernel sees is decided here, per call: compiled, the full candidate set with the shrinking
+mask as a runtime input, so that one kernel per space and operator set serves a whole shrinking schedule (and,
+from inductor's disk cache, every later search of the space); eager, only the remaining candidates; GDAS, only
+its sampled operator on each edge.
+"""
+from __future__ import annotations
+
+import torch
+
+from pipeline.kernels.fused import EdgeMask, compiles, fused_cell
+from pipeline.space.genotype import edges_of
+
+
+def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge. `site` is
+    the MixedActivation (its cell, its betas)."""
+    cell = site.cell
+    hard = cell.relaxation.hard
+    # Compiled: the full candidate set with the shrinking mask as a runtime input, so one kernel per space and
+    # operator set serves the whole schedule (and, from inductor's disk cache, every later search of it). Eager:
+    # only the remaining candidates, which is cheaper when nothing is compiled, and once shrinking has left one
+    # operator per edge (then the eager cell is the discretized network, about twice as fast as the full kernel:
+    # docs/benchmarks.md).
+    full = not hard and compiles(x) and not all(len(cell.active(edge)) == 1 for edge in cell.candidates)
+    candidates, ws, betas, masks = [], [], [], []
+    for edge in edges_of(cell.space):
+        names, w = cell.active(edge), weights[edge]
+        if hard:  # GDAS: only the sampled operator; its one-hot weight is 1 - s + s, i.e. 1 up to rounding
+            k = cell.relaxation.index[edge]
+            names, w = (names[k],), (w[k:k + 1] if w.requires_grad else None)
+        elif full and len(names) < len(cell.candidates[edge]):  # dropped candidates: weight 0, masked out
+            w = w.new_zeros(len(cell.candidates[edge])).index_copy(0, cell.active_index(edge, w.device), w)
+        if full:
+            names = cell.candidates[edge]
+            masks.append(EdgeMask(cell.keeps(edge), cell.mask(edge)))
+        candidates.append(names)
+        ws.append(w)
+        betas.append([site.beta(edge, name) for name in names])
+    return fused_cell(cell.space, candidates, ws, betas, x,
+                      compile_as="operator" if hard else "cell" if full else "none", masks=masks if full else None)
