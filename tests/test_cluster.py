@@ -63,6 +63,7 @@ def ci_project(destination: Path, archive: Path, cache: Path) -> Path:
     edit_params(project, ci_params)
     settings = yaml.safe_load((project / "cluster.yaml").read_text())
     settings["evaluate"]["resources"] = {"fakegpu": 1}  # retrainings only on the worker node
+    settings["search"]["num_cpus"] = 1  # the test's nodes have one CPU each
     (project / "cluster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return project
 

@@ -6,7 +6,7 @@ import pytest
 from pipeline.study.cluster_plan import StagePlan
 from pipeline.study.cluster_dvc import read_graph
 from pipeline.study.config import search_stage_suffix
-from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options
+from pipeline.study.cluster_ray import StageKilled, _exec_form, stage_kind, task_options, unschedulable
 from pipeline.study.cluster_settings import ClusterError, load_cluster_settings
 from pipeline.study.config import load_params
 
@@ -136,3 +136,18 @@ def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
 def _first_search() -> tuple[str, str, int]:
     params = load_params(ROOT / "params.yaml", check_paths=False)
     return params.search.optimizers[0], params.search.spaces[0], params.search.seeds[0]
+
+
+def test_a_stage_kind_no_node_can_hold_is_named_before_anything_runs():
+    """Ray would queue such a task forever (a 2-CPU search on 1-CPU nodes hung the cluster test)."""
+    settings = load_cluster_settings(ROOT / "cluster.yaml").model_dump()
+    nodes = [{"CPU": 1.0}, {"CPU": 1.0, "fakegpu": 1.0}]
+    options = {kind: task_options(settings, kind, False) for kind in ("search", "evaluate", "prepare")}
+    assert unschedulable(options, nodes) == ["search asks for {'CPU': 2.0}, and the largest node has {'CPU': 1.0}"]
+    settings["evaluate"]["resources"] = {"fakegpu": 1}
+    options["evaluate"] = task_options(settings, "evaluate", False)
+    assert unschedulable(options, nodes[:1])[1] == ("evaluate asks for {'CPU': 1.0, 'fakegpu': 1}, and the largest "
+                                                    "node has {'CPU': 1.0, 'fakegpu': 0}")
+    assert unschedulable(options, [{"CPU": 2.0, "fakegpu": 1.0}]) == []  # one node holding everything
+    with_gpus = {"search": task_options(settings, "search", True)}
+    assert "'GPU': 1.0" in unschedulable(with_gpus, [{"CPU": 4.0}])[0]  # a GPU task needs a node with a GPU

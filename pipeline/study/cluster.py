@@ -34,7 +34,7 @@ from pipeline.study.cluster_mlflow import Credentials, is_loopback, mlflow_serve
 from pipeline.study.cluster_plan import StagePlan
 from pipeline.study.cluster_ray import (FORWARDED_ENV_PREFIXES, check_shared_filesystem, forwarded_env, free_port,
                                         log_path, ray_auth_warning, run_stage_task, stage_kind, task_options,
-                                        token_auth_enabled)
+                                        token_auth_enabled, unschedulable)
 from pipeline.study.cluster_secrets import SECRETS_FILE_ENV, secrets_of, write_secrets
 from pipeline.study.cluster_settings import CLUSTER_FILE, ClusterError, load_cluster_settings
 from pipeline.study.cluster_signals import Interrupt
@@ -161,6 +161,11 @@ def repro(args) -> int:
         if not has_gpus:
             print("no GPUs in the cluster: every stage runs on CPUs (num_gpus ignored)", flush=True)
         options = {name: task_options(resources, kind, has_gpus) for name, kind in kinds.items()}
+        problems = unschedulable({kind: task_options(resources, kind, has_gpus) for kind in set(kinds.values())},
+                                 [node["Resources"] for node in nodes])
+        if problems:  # Ray would queue these tasks forever
+            raise SystemExit(f"error: {args.settings}: no node can run {'; '.join(sorted(problems))}; lower "
+                             f"those resources or add a node that has them")
         uri, secrets = tracking_env(args, params, len(nodes) > 1, stack, root)
         env = forwarded_env(uri | {KEEP_CHECKPOINT_ENV: "1"})  # the runner deletes checkpoints after commits
         if secrets:

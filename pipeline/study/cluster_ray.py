@@ -51,6 +51,20 @@ def log_path(root: Path, stage: str) -> Path:
     return Path(root) / LOG_DIR / f"{stage}.log"
 
 
+def unschedulable(options: dict[str, dict], nodes: list[dict[str, float]]) -> list[str]:
+    """Stage kinds whose task no single node can hold (Ray would wait for such a node forever), as one message
+    each; `options` per kind as `task_options` gives them, `nodes` each live node's Ray resources ("CPU", "GPU",
+    custom names)."""
+    problems = []
+    for kind, wanted in options.items():
+        needs = {"CPU": wanted["num_cpus"], "GPU": wanted["num_gpus"], **wanted["resources"]}
+        needs = {name: amount for name, amount in needs.items() if amount > 0}
+        if not any(all(node.get(name, 0) >= amount for name, amount in needs.items()) for node in nodes):
+            largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in needs}
+            problems.append(f"{kind} asks for {needs}, and the largest node has {largest}")
+    return problems
+
+
 def task_options(settings: dict, kind: str, cluster_has_gpus: bool) -> dict:
     """Ray task options for one stage kind; a cluster without GPUs runs everything on CPUs."""
     wanted = settings[kind]
