@@ -215,8 +215,6 @@ def finish(records, args, device, seconds, load_before):
     print_protocol_estimate(records, device)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
-        if schedule:
-            args.json.with_suffix(".schedule.json").write_text(json.dumps(schedule, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.markdown:
         args.markdown.write_text(markdown_table(records))

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 import torch.nn.functional as F
 
 from pipeline.kernels import fused
+from pipeline.search import fused_site
 from pipeline.search.architect import Architect
 from pipeline.data.augment import BatchLoader
 from pipeline.search.cell import MixedActivation, SearchCell, Supernet, discretized_network
@@ -81,8 +82,8 @@ def test_gdas_computes_only_the_sampled_operator(monkeypatch):
     assert sorted(calls) == sorted(sampled)  # one operator per unary edge, no more
     # The fused cell is handed exactly the sampled operator on every edge.
     seen = []
-    real = fused.fused_cell
-    monkeypatch.setattr(fused, "fused_cell", lambda space, candidates, *rest, **kw: seen.append(candidates)
+    real = fused_site.fused_cell
+    monkeypatch.setattr(fused_site, "fused_cell", lambda space, candidates, *rest, **kw: seen.append(candidates)
                         or real(space, candidates, *rest, **kw))
     with fused.using("eager"), cell.forward_pass():
         site(torch.randn(2, 4, 3, 3))

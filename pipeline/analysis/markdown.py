@@ -21,7 +21,10 @@ INTRO = (
     "those whose loss or gradients were not finite (not applied). Time/epoch vs ReLU "
     "leaves out the first epoch (compilation, warm-up). Depth at init: the discretize stage's check of a searched "
     "function on freshly initialised evaluation networks (docs/depth_check.md): the largest ratio of its per-block "
-    "gradient norms, flagged above the threshold or when a short SGD run diverged.")
+    "gradient norms, flagged above the threshold or when a short SGD run diverged. The retraining budget is "
+    "short: measured against an 8x longer one (docs/science.md, 'Does the short budget rank like a long one'), it "
+    "separates functions that train well from those several points behind, but the order among functions within "
+    "about 1.5 points of each other did not hold, so read such differences as ties.")
 
 
 def _num(value, digits: int = 2) -> str:
