@@ -1,12 +1,12 @@
 """Search variants of the default study, side by side: what each finds, its depth check and its ResNet-20 accuracy.
 
-    python bench/search_variants.py [--variants default,shrink-from-2,no-kl,resnet20] [--spaces simple,complex]
+    python bench/search_variants.py [--variants default,shrink-from-1,no-kl,resnet20] [--spaces simple,complex]
                                     [--seeds 0,1] [--out reports/search_variants] [--workers 2] [--report-only]
 
 Every variant is the default study's DrNAS search (params.yaml, search seed 0, the prepared search splits) with
 one change (VARIANTS):
-- `shrink-from-2`: progressive shrinking from epoch 2, as GRAFS (the default starts at epoch 1, one epoch after
-  the ReLU warm start);
+- `shrink-from-1`: progressive shrinking from epoch 1, right after the ReLU warm start (the default before
+  2026-12-02; the default now starts at epoch 2, as GRAFS);
 - `no-kl`: no regularizer towards the Dirichlet prior (GRAFS's architecture loss has none), Adam's weight decay
   on the alphas as DARTS;
 - `resnet20`: the supernet is ResNet-20, the network the claim is about, on 37% of the images per split so that
@@ -41,7 +41,7 @@ from stages.discretize import run_depth_check  # noqa: E402
 # name: (changes to the search config, share of each search split's images)
 VARIANTS = {
     "default": ({}, 1.0),
-    "shrink-from-2": ({"start_shrinking": 2}, 1.0),
+    "shrink-from-1": ({"start_shrinking": 1}, 1.0),
     "no-kl": ({"drnas": {"regularizer": "none"}}, 1.0),
     "resnet20": ({"network": "resnet20"}, 0.37),
 }

@@ -42,8 +42,8 @@ def test_variants_change_one_thing_each():
     params = study_params(check_paths=False)
     default = search_variants.variant_config(params, "default", "simple")
     assert default == params.search.config("drnas", "simple", params.search_seed(0), "cpu")
-    shrink = search_variants.variant_config(params, "shrink-from-2", "simple")
-    assert shrink.start_shrinking == 2 and shrink.model_copy(update={"start_shrinking": 1}) == default
+    shrink = search_variants.variant_config(params, "shrink-from-1", "simple")
+    assert shrink.start_shrinking == 1 and shrink.model_copy(update={"start_shrinking": 2}) == default
     no_kl = search_variants.variant_config(params, "no-kl", "complex")
     assert no_kl.drnas.regularizer == "none" and no_kl.drnas.reg_scale == default.drnas.reg_scale
     assert search_variants.variant_config(params, "resnet20", "simple").network == "resnet20"
