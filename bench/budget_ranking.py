@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from bench.diagnosis import FOUND, default_budget, with_sqrt  # noqa: E402
+from bench.diagnosis import FOUND, append_record, default_budget, read_records, with_sqrt  # noqa: E402
 from pipeline.data.augment import BatchLoader  # noqa: E402
 from pipeline.data.cifar import balanced_subset, load_cifar10  # noqa: E402
 from pipeline.kernels.fused_genotype import fast_forward  # noqa: E402
@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = {json.loads(line)["id"] for line in log.read_text().splitlines()} if log.exists() else set()
+    done = {r["id"] for r in read_records(log)}
     # Short runs first (cheap), then the long ones seed by seed: a study stopped early has a full first seed.
     todo = [{"activation": a, "budget": b, "seed": int(s)} for b in BUDGETS for s in args.seeds.split(",")
             for a in ACTIVATIONS]
@@ -157,11 +157,10 @@ def main(argv=None) -> None:
                                    args.threads) for r in todo]
             for future in futures:
                 record = future.result()
-                with log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(log, record)
                 print(f"{record['id']}: {record['status']} top-1 {record['top1']:.2f} ({record['seconds']:.0f} s)",
                       flush=True)
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    records = read_records(log)
     summary = rankings(records)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(markdown(records, summary))

@@ -131,6 +131,16 @@ def train_one(run: dict, network: str, source: str, out: Path, threads: int) -> 
             "final_betas": {k: v[:3] for k, v in list(betas.items())[:3]}}
 
 
+def read_records(path: Path) -> list[dict]:
+    """A runs log (one JSON record per line, appended as runs finish); empty when there is none yet."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def append_record(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def cell_rows(records: list[dict]) -> list[dict]:
     """One row per (function, sqrt, clip, betas): mean top-1 over the seeds that trained, failures counted."""
     groups: dict[tuple, list[dict]] = {}
@@ -175,7 +185,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = {json.loads(line)["id"] for line in log.read_text().splitlines()} if log.exists() else set()
+    done = {r["id"] for r in read_records(log)}
     only = set(filter(None, args.only.split(",")))
     todo = [r for r in design([int(s) for s in args.seeds.split(",")])
             if run_id(r) not in done and (not only or r["function"] in only)]
@@ -185,11 +195,10 @@ def main(argv=None) -> None:
             futures = [pool.submit(train_one, r, args.network, args.source, out, args.threads) for r in todo]
             for future in futures:
                 record = future.result()
-                with log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(log, record)
                 print(f"{record['id']}: {record['status']} top-1 {record['top1']:.2f} max |g| "
                       f"{record['grad_norm_max']:.3g}", flush=True)
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    records = read_records(log)
     (out / "table.md").write_text(markdown(cell_rows(records)))
     print((out / "table.md").read_text())
 

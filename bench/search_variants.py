@@ -19,7 +19,6 @@ Needs the prepared data (dvc repro prepare).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.budget_ranking import retrain  # noqa: E402
+from bench.diagnosis import append_record, read_records  # noqa: E402
 from pipeline.data.augment import BatchLoader  # noqa: E402
 from pipeline.search.loop import SearchConfig, run_search  # noqa: E402
 from pipeline.space.genotype import Genotype  # noqa: E402
@@ -84,10 +84,6 @@ def retrain_one(formula: str, genotype: dict, seed: int, threads: int) -> dict:
     return {"formula": formula, "seed": seed, "status": record["status"], "top1": record["top1"]}
 
 
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def markdown(searches: list[dict], retrains: list[dict]) -> str:
     """One row per search; a function found by several variants is retrained once (by its formula)."""
     lines = ["| variant | space | supernet (images per split) | search (s) | found | depth check | "
@@ -119,25 +115,23 @@ def main(argv=None) -> None:
     searches_log, retrains_log = out / "searches.jsonl", out / "retrains.jsonl"
     threads = max(1, (torch.get_num_threads() or 2) // args.workers)
     if not args.report_only:
-        done = {(s["variant"], s["space"]) for s in read(searches_log)}
+        done = {(s["variant"], s["space"]) for s in read_records(searches_log)}
         todo = [(v, s) for v in args.variants.split(",") for s in args.spaces.split(",") if (v, s) not in done]
         with ProcessPoolExecutor(args.workers) as pool:
             for future in [pool.submit(search_one, v, s, threads) for v, s in todo]:
                 record = future.result()
-                with searches_log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(searches_log, record)
                 print(f"{record['variant']}-{record['space']}: {record['formula']} ({record['search_s']:.0f} s, "
                       f"depth {record['depth']})", flush=True)
-            done = {(r["formula"], r["seed"]) for r in read(retrains_log)}
-            found = {s["formula"]: s["genotype"] for s in read(searches_log)}
+            done = {(r["formula"], r["seed"]) for r in read_records(retrains_log)}
+            found = {s["formula"]: s["genotype"] for s in read_records(searches_log)}
             todo = [(f, g, int(seed)) for f, g in found.items() for seed in args.seeds.split(",")
                     if (f, int(seed)) not in done]
             for future in [pool.submit(retrain_one, f, g, seed, threads) for f, g, seed in todo]:
                 record = future.result()
-                with retrains_log.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(retrains_log, record)
                 print(f"{record['formula']} s{record['seed']}: {record['status']} {record['top1']:.2f}", flush=True)
-    (out / "table.md").write_text(markdown(read(searches_log), read(retrains_log)))
+    (out / "table.md").write_text(markdown(read_records(searches_log), read_records(retrains_log)))
     print((out / "table.md").read_text())
 
 
