@@ -1,5 +1,6 @@
 """The results table, DVC metric and figures, from hand-made stage outputs in tmp_path."""
 import json
+import logging
 import math
 
 import pandas as pd
@@ -164,3 +165,19 @@ def test_a_missing_run_is_a_clear_error(results):
     (results / "evaluate" / "relu" / "resnet8" / "seed1" / "metrics.json").unlink()
     with pytest.raises(ReportError, match=r"relu/resnet8/seed1/metrics.json is missing"):
         read_runs(results, list(ORIGINS), NETWORKS, SEEDS)
+
+
+def test_run_records_join_their_runs_and_missing_ones_are_a_warning(results, caplog):  # noqa: F811
+    """The fixture writes no run records (outputs pulled from a DVC remote come without): the report warns once."""
+    from pipeline.analysis.layout import run_record_path
+    activation = list(ORIGINS)[0]
+    record = run_record_path(results, activation, NETWORKS[0], SEEDS[0])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"steady_epoch_time_s": 12.5, "model_uri": "models:/m-1"}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.analysis.report"):
+        runs = read_runs(results, list(ORIGINS), NETWORKS, SEEDS)
+    first = next(r for r in runs if r["activation"] == activation and r["network"] == NETWORKS[0]
+                 and r["seed"] == SEEDS[0])
+    assert (first["steady_epoch_time_s"], first["model_uri"]) == (12.5, "models:/m-1")
+    total = len(ORIGINS) * len(NETWORKS) * len(SEEDS)
+    assert f"{total - 1} of {total} retrainings have no run record" in caplog.text

@@ -14,6 +14,7 @@ metric) and figures/.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -30,6 +31,7 @@ from pipeline.analysis.table import deepest, by_depth, results_table, search_sum
 from pipeline.analysis.verdict_plots import plot_rank_transfer, plot_search_vs_retrained, plot_verdicts
 from pipeline.space.genotype import RELU, SWISH, Genotype
 
+log = logging.getLogger(__name__)
 MAX_OPS_PLOTTED = 8  # operator-weight figures show the operators that ever weighed most, one figure per edge
 SEARCH_SIGNALS = ("supernet_val_top1", "discretized_val_top1")
 
@@ -50,13 +52,18 @@ def _read_json(path: Path) -> dict:
 def read_runs(results: Path, activations: Sequence[str], networks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
     """metrics.json of every (activation, network, seed) the params ask for, with its run record's keys where
     there is one (a run record is optional: outputs pulled from a DVC remote come without)."""
-    runs = []
+    runs, missing = [], []
     for a in activations:
         for n in networks:
             for s in seeds:
                 record = run_record_path(results, a, n, s)
+                if not record.is_file():
+                    missing.append(record)
                 runs.append(_read_json(run_dir(results, a, n, s) / "metrics.json")
                             | (_read_json(record) if record.is_file() else {}))
+    if missing:  # the table then has no time column for those runs, and no model URI to register
+        log.warning("%d of %d retrainings have no run record (e.g. %s): their times are left out of the report",
+                    len(missing), len(runs), missing[0])
     return runs
 
 
