@@ -1,8 +1,8 @@
 """Stage `evaluate-<origin>@<activation>-<network>-<seed>`: retrain a network from scratch with one activation.
 
-The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>-s<seed>: the
-genotype from its discretize stage; the stage is evaluate-searched@<optimizer>-<space>-<seed>-<network>-<seed>) or
-a custom one (activations/<name>.json). Writes results/evaluate/<activation>/<network>/seed<seed>/: metrics.json
+The activation is a baseline (pipeline.space.genotype.BASELINES), a searched one (<optimizer>-<space>: the
+genotype the select stage chose among the search seeds' functions; the stage is
+evaluate-searched@<optimizer>-<space>-<network>-<seed>) or a custom one (activations/<name>.json). Writes results/evaluate/<activation>/<network>/seed<seed>/: metrics.json
 (final test top-1/top-5, status ok / diverged / failed_to_learn, time per epoch, the MLflow model's URI),
 history.csv (per epoch), weights.pt (state dict) and genotype.json. The MLflow run holds the network as a model
 (`mlflow.pytorch.load_model`) with its signature.
@@ -20,7 +20,7 @@ import torch
 from pipeline.analysis.layout import run_record_path
 from pipeline.data.augment import BatchLoader
 from pipeline.kernels.fused_genotype import fast_forward
-from pipeline.study.config import Params, ParamsError, parse_searched, search_stage_suffix
+from pipeline.study.config import Params, ParamsError, parse_selected
 from pipeline.training.device import resolve_device, seed_everything
 from pipeline.space.genotype import BASELINES, Genotype, GenotypeError
 from pipeline.space.models import build_resnet, count_parameters
@@ -45,18 +45,17 @@ def resolve_genotype(params: Params, origin: str, activation: str) -> Genotype:
     if origin == "custom":
         return Genotype.load(params.custom_path(activation))
     try:
-        return Genotype.load(RESULTS / "discretize" / activation / "genotype.json")
-    except GenotypeError as error:  # the discretize stage wrote it: rerunning that stage rewrites it
-        stage = f"discretize@{search_stage_suffix(*parse_searched(activation))}"
-        raise GenotypeError(f"{error}; rerun the search's discretize stage: dvc repro -f {stage}") from None
+        return Genotype.load(RESULTS / "select" / activation / "genotype.json")
+    except GenotypeError as error:  # the select stage copied it: rerunning that stage rewrites it
+        raise GenotypeError(f"{error}; rerun the select stage: dvc repro -f select") from None
 
 
 def retraining_inputs(origin: str, activation: str, network: str, seed: int, root: Path = ROOT) -> dict[str, str]:
     """Hashes of what this retraining reads (dvc.yaml's deps of its stage: the prepared data, a searched or custom
     genotype, the code), kept in its checkpoint so that a checkpoint on other inputs is discarded, not resumed."""
     if origin == "searched":
-        optimizer, space, search_seed = parse_searched(activation)
-        item = {"optimizer": optimizer, "space": space, "search_seed": search_seed}
+        optimizer, space = parse_selected(activation)
+        item = {"optimizer": optimizer, "space": space}
     else:
         item = {"activation": activation}
     return stage_inputs(f"evaluate-{origin}", item | {"network": network, "seed": seed}, root)
@@ -90,10 +89,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--network", required=True)
     parser.add_argument("--seed", required=True, type=int)
     args = parser.parse_args(argv)
-    searched = parse_searched(args.activation) if args.origin == "searched" else None  # (optimizer, space, seed)
-    # DVC names the stage from its matrix values: evaluate-searched@drnas-complex-1-resnet8-0 for drnas-complex-s1.
-    matrix_name = search_stage_suffix(*searched) if searched else args.activation
-    stage = f"evaluate-{args.origin}@{matrix_name}-{args.network}-{args.seed}"
+    # DVC names the stage from its matrix values: evaluate-searched@drnas-complex-resnet8-0 for drnas-complex.
+    stage = f"evaluate-{args.origin}@{args.activation}-{args.network}-{args.seed}"
     params = start(stage)
     genotype = resolve_genotype(params, args.origin, args.activation)
     cfg = params.evaluate.train_config(args.seed, params.study.device)
@@ -109,10 +106,11 @@ def main(argv: list[str]) -> None:
     formula = genotype.formula()
     tags = {"activation": args.activation, "origin": args.origin, "network": args.network, "seed": args.seed,
             "formula": formula}
-    if searched:
-        tags["optimizer"], tags["space"], tags["search_seed"] = searched
-        tags["depth_check"] = depth_warning(args.activation, RESULTS / "discretize" / args.activation /
-                                            "discretize.json")
+    if args.origin == "searched":  # the select stage's copy of the chosen seed's discretize.json
+        tags["optimizer"], tags["space"] = parse_selected(args.activation)
+        chosen = RESULTS / "select" / args.activation / "discretize.json"
+        tags["depth_check"] = depth_warning(args.activation, chosen)
+        tags["search_seed"] = json.loads(chosen.read_text()).get("search_seed") if chosen.is_file() else None
     # One rule for every activation (docs/science.md): the same clipping (evaluate.grad_clip) for all; searched betas
     # frozen by default, and when trained, held within the search's bound, so retraining stays in the search's world.
     beta_bound = params.search.beta_clamp if params.evaluate.train_betas else None

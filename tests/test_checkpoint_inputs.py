@@ -116,8 +116,8 @@ def test_the_real_stages_hash_their_data_genotype_and_code():
     search = stage_inputs("search", {"optimizer": "drnas", "space": "simple", "seed": 0})
     assert {"data/prepared/cifar10.pt", "data/prepared/search_split.pt", "stages/search.py", "pipeline/space/ops.py",
             "pipeline/search/loop.py"} <= set(search)
-    retrain = retraining_inputs("searched", "drnas-simple-s0", "resnet8", 1)  # as the evaluate stage asks
-    assert {"data/prepared/cifar10.pt", "results/discretize/drnas-simple-s0/genotype.json", "stages/evaluate.py",
+    retrain = retraining_inputs("searched", "drnas-simple", "resnet8", 1)  # as the evaluate stage asks
+    assert {"data/prepared/cifar10.pt", "results/select/drnas-simple/genotype.json", "stages/evaluate.py",
             "pipeline/space/ops.py"} <= set(retrain)
     ops = hashlib.sha256((ROOT / "pipeline/space/ops.py").read_bytes()).hexdigest()[:16]
     assert search["pipeline/space/ops.py"] == retrain["pipeline/space/ops.py"] == ops  # one operator's formula

@@ -123,7 +123,10 @@ def test_the_graph_comes_from_dvc_with_edges_towards_what_a_stage_needs():
     assert needs["download"] == set() and needs["prepare"] == {"download"}
     assert needs[f"discretize@{suffix}"] == {"prepare", f"search@{suffix}"}  # the split, the supernet
     network, seed = params.evaluate.networks[0], params.evaluate.seeds[0]
-    assert needs[f"evaluate-searched@{suffix}-{network}-{seed}"] == {"prepare", f"discretize@{suffix}"}
+    # One function per optimizer x space is retrained: the select stage chooses it among every search seed's.
+    assert needs["select"] == {f"discretize@{search_stage_suffix(opt, space, k)}" for opt in params.search.optimizers
+                               for space in params.search.spaces for k in params.search.seeds}
+    assert needs[f"evaluate-searched@{o}-{s}-{network}-{seed}"] == {"prepare", "select"}
     assert needs[f"evaluate-baseline@relu-{network}-{seed}"] == {"prepare"}
     assert needs["aggregate"] == set(needs) - {"aggregate", "prepare", "download"}
     assert cmds[f"search@{suffix}"] == f"python -m stages.search --optimizer {o} --space {s} --seed {seed0}"

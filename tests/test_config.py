@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.study.config import ParamsError, load_params, parse_params, parse_searched, search_stage_suffix
+from pipeline.study.config import (ParamsError, load_params, parse_params, parse_searched, parse_selected,
+                                   search_stage_suffix)
 from pipeline.space.genotype import RELU
 from pydantic import BaseModel
 
@@ -41,20 +42,15 @@ def error_of(raw: dict, root: Path = ROOT, check_paths: bool = False) -> str:
 
 def test_the_committed_defaults_load_and_describe_the_whole_study():
     params = load_params(ROOT / "params.yaml", check_paths=False)
-    assert params.search.optimizers == ["drnas"]  # the GRAFS procedure; all three: presets/optimizers.yaml
-    assert set(params.search.spaces) == {"simple", "complex"}
+    assert params.search.optimizers == ["darts", "gdas", "drnas"]  # the poster's comparison
+    assert set(params.search.spaces) == {"simple", "complex"} and len(params.search.seeds) >= 2
     assert set(params.evaluate.networks) == {"resnet8", "resnet20"}
     assert set(params.evaluate.baselines) == {"relu", "swish"} and len(params.evaluate.seeds) >= 3
-    assert list(params.activations()) == ["relu", "swish", "drnas-simple-s0", "drnas-complex-s0"]
-    every = load_params(ROOT / "presets" / "optimizers.yaml", check_paths=False)
-    assert list(every.activations()) == ["relu", "swish", "darts-simple-s0", "darts-complex-s0", "gdas-simple-s0",
-                                         "gdas-complex-s0", "drnas-simple-s0", "drnas-complex-s0"]
-    # The same study otherwise: only the optimizers differ (and the MLflow experiment, which each preset has its own).
-    assert every.study.experiment != params.study.experiment
-    assert every.model_dump() == params.model_dump() | {"search": every.search.model_dump(),
-                                                        "study": every.study.model_dump()}
-    assert every.study.model_dump() | {"experiment": params.study.experiment} == params.study.model_dump()
-    assert every.search.model_dump() | {"optimizers": ["drnas"]} == params.search.model_dump()
+    # One retrained function per optimizer x space (the select stage's choice among the search seeds).
+    assert list(params.activations()) == ["relu", "swish", "darts-simple", "darts-complex", "gdas-simple",
+                                          "gdas-complex", "drnas-simple", "drnas-complex"]
+    assert params.search.names()[:2] == ["darts-simple-s0", "darts-simple-s1"]
+    assert not (ROOT / "presets" / "optimizers.yaml").exists()  # the default is that study now
 
 
 def _key_tree(node) -> dict:
@@ -78,9 +74,9 @@ def test_every_preset_is_a_complete_valid_params_file(preset):
     assert params.search.optimizers and params.evaluate.networks
     committed = _key_paths(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert _key_paths(yaml.safe_load(Path(preset).read_text())) == committed, "a preset lacks or adds a key"
+    # one retrained searched function per optimizer x space (the select stage's choice among the search seeds)
     assert len(params.activations()) == (len(params.evaluate.baselines) + len(params.evaluate.custom)
-                                         + len(params.search.optimizers) * len(params.search.spaces)
-                                         * len(params.search.seeds))
+                                         + len(params.search.optimizers) * len(params.search.spaces))
 
 
 def test_presets_smoke_ci_and_full():
@@ -102,16 +98,24 @@ def test_search_seeds_name_the_searched_activations_and_their_stages(raw):
     assert "search seed 3 is not in search.seeds = [1, 2]" in str(pytest.raises(ParamsError, params.search_seed, 3).value)
     with pytest.raises(ParamsError, match="not a searched activation name"):
         parse_searched("drnas-complex")
+    assert params.search.selected_names() == ["drnas-complex"] and parse_selected("drnas-complex") == ("drnas",
+                                                                                                        "complex")
+    with pytest.raises(ParamsError, match="not a retrained searched activation name"):
+        parse_selected("drnas-complex-s1")
     raw["search"]["seeds"] = [1, 1]
     assert "search.seeds" in error_of(raw) and "repeated" in error_of(raw)
 
 
 def test_dvc_matrices_run_one_search_per_seed():
     stages = _stages()
-    for name in ("search", "discretize", "evaluate-searched"):
+    for name in ("search", "discretize"):
         assert "${search.seeds}" in stages[name]["matrix"].values(), name
     assert "results/search/${item.optimizer}-${item.space}-s${item.seed}" in stages["search"]["outs"]
-    assert "--activation ${item.optimizer}-${item.space}-s${item.search_seed}" in stages["evaluate-searched"]["cmd"]
+    # One function per optimizer x space is retrained: the select stage's, whichever search seed found it.
+    assert "${search.seeds}" not in stages["evaluate-searched"]["matrix"].values()
+    assert "--activation ${item.optimizer}-${item.space} " in stages["evaluate-searched"]["cmd"]
+    assert "results/select/${item.optimizer}-${item.space}/genotype.json" in stages["evaluate-searched"]["deps"]
+    assert stages["select"]["outs"] == ["results/select"] and "results/discretize" in stages["select"]["deps"]
 
 
 def test_shared_retraining_betas_are_scalars(raw):

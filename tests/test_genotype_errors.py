@@ -38,21 +38,21 @@ class StudyParams:
     """The one thing resolve_genotype asks of params.yaml: which activations the study evaluates."""
 
     def activations(self):
-        return {"drnas-simple-s0": "searched"}
+        return {"drnas-simple": "searched"}
 
 
 def test_a_broken_searched_genotype_ends_the_stage_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "RESULTS", tmp_path)
-    path = tmp_path / "discretize" / "drnas-simple-s0" / "genotype.json"
+    path = tmp_path / "select" / "drnas-simple" / "genotype.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({**GOOD, "betas": {"u1": 2.0, "b1": 1.0}}))  # mul takes no beta
     with pytest.raises(SystemExit) as exit_info:
-        run(lambda argv: evaluate.resolve_genotype(StudyParams(), "searched", "drnas-simple-s0"),
+        run(lambda argv: evaluate.resolve_genotype(StudyParams(), "searched", "drnas-simple"),
             *evaluate.STAGE_ERRORS)
     assert exit_info.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot read genotype file {path}: edge b1: operator 'mul' takes no beta")
-    assert line.endswith("rerun the search's discretize stage: dvc repro -f discretize@drnas-simple-0")
+    assert line.endswith("rerun the select stage: dvc repro -f select")
 
 
 def test_a_broken_genotype_in_the_searched_supernet_is_a_user_error(tmp_path, capsys):

@@ -83,20 +83,30 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
 
     first = dvc(project, "repro")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    # Searched activations are <optimizer>-<space>-s<seed>; DVC names their stages from the matrix values.
+    # Found functions are <optimizer>-<space>-s<seed>; DVC names their stages from the matrix values. One per
+    # optimizer x space, <optimizer>-<space>, is retrained: the select stage's choice among the search seeds.
     search_runs = [(o, s, seed) for o in params["search"]["optimizers"] for s in params["search"]["spaces"]
                    for seed in params["search"]["seeds"]]
-    searched = [f"{o}-{s}-s{seed}" for o, s, seed in search_runs]
+    assert len(params["search"]["seeds"]) >= 2, "the CI preset exercises the select stage's choice"
+    found = [f"{o}-{s}-s{seed}" for o, s, seed in search_runs]
     suffixes = {f"{o}-{s}-s{seed}": f"{o}-{s}-{seed}" for o, s, seed in search_runs}
+    searched = list(dict.fromkeys(f"{o}-{s}" for o, s, _ in search_runs))
     networks, seeds = params["evaluate"]["networks"], params["evaluate"]["seeds"]
     activations = ["relu", "swish", *searched, "exploding"]
-    evaluate_stages = {f"evaluate-{origin}@{suffixes.get(name, name)}-{network}-{seed}" for name, origin in
+    evaluate_stages = {f"evaluate-{origin}@{name}-{network}-{seed}" for name, origin in
                        [("relu", "baseline"), ("swish", "baseline"), ("exploding", "custom")]
                        + [(name, "searched") for name in searched] for network in networks for seed in seeds}
-    all_stages = ({"download", "prepare", "aggregate"} | {f"search@{suffixes[n]}" for n in searched}
-                  | {f"discretize@{suffixes[n]}" for n in searched} | evaluate_stages)
-    assert (project / "results" / "search" / searched[0] / "supernet.pt").is_file()
+    all_stages = ({"download", "prepare", "select", "aggregate"} | {f"search@{suffixes[n]}" for n in found}
+                  | {f"discretize@{suffixes[n]}" for n in found} | evaluate_stages)
+    assert (project / "results" / "search" / found[0] / "supernet.pt").is_file()
     assert ran_stages(first) == all_stages
+    # The retrained genotype is the chosen seed's discretized one, and the report lists every seed's function.
+    for name in searched:
+        selection = json.loads((project / "results" / "select" / name / "selection.json").read_text())
+        assert [c["search_seed"] for c in selection["candidates"]] == params["search"]["seeds"]
+        chosen = project / "results" / "discretize" / f"{name}-s{selection['search_seed']}" / "genotype.json"
+        retrained = project / "results" / "evaluate" / name / networks[0] / f"seed{seeds[0]}" / "genotype.json"
+        assert json.loads(retrained.read_text()) == json.loads(chosen.read_text())
 
     # The table: a row per activation; every row has numbers except the diverging one, which shows its status.
     table = pd.read_csv(project / "reports" / "results.csv").set_index("activation")
@@ -110,6 +120,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     assert table.loc[searched, "depth_check"].str.match(r"(ok|flagged) \(x").all()  # the discretize stage's verdict
     markdown = (project / "reports" / "results.md").read_text()
     assert "| exploding | custom |" in markdown and "diverged" in markdown
+    assert all(f"| {name} | {seed} |" in markdown for name in searched for seed in params["search"]["seeds"])
     summary = json.loads((project / "reports" / "summary.json").read_text())
     total = len(networks) * len(seeds)
     assert summary["activations"]["exploding"]["verdict"] == f"failed {len(seeds)}/{len(seeds)}"
@@ -131,7 +142,7 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     # Reproducible: a forced rerun of a search and of a retraining writes the same DVC outputs (dvc.lock's hashes
     # of every file); wall times and model URIs went to results/runs, which is no stage's output.
     before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    rerun = [f"search@{suffixes[searched[0]]}", f"evaluate-baseline@relu-{networks[0]}-{seeds[0]}"]
+    rerun = [f"search@{suffixes[found[0]]}", f"evaluate-baseline@relu-{networks[0]}-{seeds[0]}"]
     for stage in rerun:
         assert ran_stages(dvc(project, "repro", "-f", "-s", stage)) == {stage}
     after = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
@@ -165,7 +176,7 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     found = client.get_experiment_by_name(experiment)
     assert found is not None, "the runs go to the project's default SQLite store"
     runs = {run.info.run_name: run for run in client.search_runs([found.experiment_id], max_results=500)}
-    assert set(runs) == stages - {"download"}  # the download stage logs nothing to MLflow
+    assert set(runs) == stages - {"download", "select"}  # neither logs to MLflow (the retrainings tag the choice)
     for name, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
@@ -175,10 +186,11 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     assert (search.data.tags["optimizer"], search.data.tags["space"]) == (optimizer, space)
     assert search.data.tags["search_seed"] == str(search_seed)
     retrained = next(run for name, run in runs.items() if name.startswith(f"evaluate-searched@{optimizer}-{space}"))
-    assert retrained.data.tags["activation"] == f"{optimizer}-{space}-s{search_seed}"
-    assert retrained.data.tags["search_seed"] == str(search_seed)
+    assert retrained.data.tags["activation"] == f"{optimizer}-{space}"
+    chosen = json.loads((project / "results" / "select" / f"{optimizer}-{space}" / "selection.json").read_text())
+    assert retrained.data.tags["search_seed"] == str(chosen["search_seed"])
     # The depth check, beside the formula: on the discretize run and, as a tag, on its retrainings.
-    discretized = runs[f"discretize@{optimizer}-{space}-{search_seed}"]
+    discretized = runs[f"discretize@{optimizer}-{space}-{chosen['search_seed']}"]
     assert {"depth.flagged", "depth.resnet8.grad_spread", "depth.resnet8.sgd_final_loss"} <= set(
         discretized.data.metrics)
     assert re.match(r"(ok|flagged) \(x", discretized.data.tags["depth_check"])

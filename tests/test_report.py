@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.space.genotype import RELU, SWISH, Genotype
 from pipeline.analysis.markdown import results_markdown
+from pipeline.analysis.selection import selection_record
 from pipeline.analysis.report import ReportError, read_runs, write_report
 from pipeline.analysis.table import results_table, search_summary, transfer_table
 
@@ -57,18 +58,23 @@ def results(tmp_path):
         genotype = {"relu": RELU, "swish": SWISH, "darts-simple": SEARCHED}.get(
             activation, Genotype("simple", ("scale", "zero", "left"), (1000.0, None, None)))
         genotype.save(folder / "genotype.json")
-    discretized = root / "discretize" / "darts-simple"
-    write_json(discretized / "discretize.json", {
-        "formula": SEARCHED.formula(), "equivalence": None, "supernet_val_top1": 61.5,
-        "discretized_val_top1": 58.0, "discretization_gap_top1": 3.5})
-    SEARCHED.save(discretized / "genotype.json")
+    # Two search seeds; the select stage retrains seed 1's (seed 0's scored higher but the depth check flagged it).
+    found = {0: {"formula": "sqrt(x)", "equivalence": None, "supernet_val_top1": 63.0, "discretized_val_top1": 60.0,
+                 "depth_check": "flagged: x400 on resnet20", "depth_flagged": True},
+             1: {"formula": SEARCHED.formula(), "equivalence": None, "supernet_val_top1": 61.5,
+                 "discretized_val_top1": 58.0, "discretization_gap_top1": 3.5, "depth_check": "ok: x15",
+                 "depth_flagged": False}}
+    selected = root / "select" / "darts-simple"
+    write_json(selected / "selection.json", selection_record("darts", "simple", found))
+    write_json(selected / "discretize.json", found[1] | {"search_seed": 1})
+    SEARCHED.save(selected / "genotype.json")
     history = [{"epoch": e, "val_top1": 40.0 + e,
                 "operator_weights": {"u1": {"identity": 0.3 + 0.1 * e, "tanh": 0.7 - 0.1 * e},
                                      "u2": {"identity": 0.5, "tanh": 0.5},
                                      "b1": {"add": 0.6 - 0.1 * e, "mul": 0.4 + 0.1 * e}},
                 "entropy": {"u1": 0.9, "u2": 1.0, "b1": 0.95 - 0.1 * e}} for e in (1, 2)]
-    write_json(root / "search" / "darts-simple" / "history.json", history)
-    write_json(root / "search" / "darts-simple" / "summary.json", {"skipped_steps": 3, "steps": 480})
+    write_json(root / "search" / "darts-simple-s1" / "history.json", history)
+    write_json(root / "search" / "darts-simple-s1" / "summary.json", {"skipped_steps": 3, "steps": 480})
     return root
 
 
@@ -115,8 +121,9 @@ def test_failed_seeds_are_left_out_of_the_numbers_and_named(results):
 
 def test_markdown_shows_status_failures_and_verdicts(results):
     table = results_table(read_runs(results, list(ORIGINS), NETWORKS, SEEDS), ORIGINS, NETWORKS, {})
+    selections = {"darts-simple": json.loads((results / "select" / "darts-simple" / "selection.json").read_text())}
     markdown = results_markdown(table, NETWORKS, transfer_table(table, NETWORKS, "resnet8"),
-                                search_summary(table, NETWORKS))
+                                search_summary(table, NETWORKS, selections), selections)
     lines = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ") and " | " in line
              and line.split(" | ")[0].strip("| ").isdigit()}
     assert lines["relu"].startswith("| 1 | relu | baseline |") and "81.00 ± 1.41 (n=2)" in lines["relu"]
@@ -125,7 +132,12 @@ def test_markdown_shows_status_failures_and_verdicts(results):
     # darts-simple on resnet20: 88, 89 vs ReLU's 90, 91: diff -2, se sqrt(0.5), df 2 -> p = 0.11 even before Holm
     assert "`x*tanh(x)`" in lines["darts-simple"] and "79.00 ± 0.00 (n=2)" in lines["darts-simple"]
     assert "| no difference detected |" in lines["darts-simple"]
-    assert "## Rank transfer" in markdown and "| darts | simple | 1 | 0 | darts-simple | -2.00 |" in markdown
+    # Per optimizer x space: 2 search seeds, 2 functions, 1 flagged, discretized top-1 58-60, seed 1's retrained.
+    assert "## Rank transfer" in markdown
+    assert "| darts | simple | 2 | 2 | 1 | 58.00-60.00 | darts-simple | 0/1 | -2.00 |" in markdown  # seed: below
+    seeds = markdown[markdown.index("## Search seeds"):].splitlines()
+    assert "| darts-simple | 0 | `sqrt(x)` | 60.00 | 63.00 | flagged: x400 on resnet20 |  |" in seeds
+    assert f"| darts-simple | 1 | `{SEARCHED.formula()}` | 58.00 | 61.50 | ok: x15 | yes |" in seeds
 
 
 def test_write_report_writes_table_metric_and_figures(results, tmp_path):
@@ -139,7 +151,9 @@ def test_write_report_writes_table_metric_and_figures(results, tmp_path):
                                               "verdict": "reference", "failures": 0, "seeds": 4, "rank": 1}
     assert summary["activations"]["boom"] == {"top1": None, "vs_relu": None, "p_vs_relu": None,
                                               "verdict": "failed 2/2", "failures": 4, "seeds": 4, "rank": 4}
-    assert summary["searches"] == {"darts-simple": {"search_seeds": 1, "within_1_point_of_relu": 0}}
+    assert summary["searches"] == {"darts-simple": {"search_seeds": 2, "distinct_functions": 2, "depth_flagged": 1,
+                                                    "within_1_point_of_relu": 0}}
+    assert table.set_index("activation").loc["darts-simple", "origin"] == "darts + simple, search seed 1"
     # The search's skipped steps reach the metric, results.csv and results.md (issue 24: they were never shown).
     assert summary["activations"]["darts-simple"]["skipped_steps"] == 3
     assert "skipped_steps" not in summary["activations"]["relu"]
@@ -151,6 +165,7 @@ def test_write_report_writes_table_metric_and_figures(results, tmp_path):
     relu = next(line for line in markdown.splitlines() if line.startswith("| 1 | relu |")).split(" | ")
     column = header.index("skipped search steps")
     assert (row[column], relu[column]) == ("3/480", "n/a")
+    assert "| darts | simple | 2 | 2 | 1 | 58.00-60.00 | darts-simple (s1) | 0/1 | -2.00 |" in markdown
     assert "the searched activation" in table.set_index("activation").loc["boom", "equivalence"]  # 1000*x: affine
     figures = reports / "figures"
     expected = ["activations.png", "search_vs_retrained.png", "rank_transfer.png", "search_val_top1.png",

@@ -13,7 +13,7 @@ from pipeline.space.genotype import Genotype
 from pipeline.space.models import build_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS_RUN = "results/evaluate/drnas-simple-s0/resnet20/seed0"
+DOCS_RUN = "results/evaluate/drnas-simple/resnet20/seed0"
 SEARCHED = Genotype.from_dict({"space": "simple", "ops": {"u1": "identity", "u2": "sigmoid", "b1": "mul"},
                                "betas": {}})
 

@@ -3,7 +3,7 @@ summary, written from the numbers of pipeline.analysis.table."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -67,8 +67,25 @@ def _tests(table: pd.DataFrame) -> int:
     return int(sum(table[column].notna().sum() for column in table.columns if column.endswith("_p_holm")))
 
 
+def search_seed_lines(selections: Mapping[str, dict]) -> list[str]:
+    """Every search seed's found function with its search numbers and depth check, the retrained one marked."""
+    if not selections:
+        return []
+    rule = next(iter(selections.values()))["rule"]
+    lines = ["", "## Search seeds", "",
+             f"Every search seed's function. One per optimizer and space is retrained, chosen before any retraining "
+             f"by a fixed rule: {rule}.", ""]
+    lines += _header(["activation", "search seed", "formula", "discretized val top-1", "supernet val top-1",
+                      "depth at init", "retrained"])
+    for name, selection in selections.items():
+        for c in selection["candidates"]:
+            lines.append(_row([name, c["search_seed"], f"`{c['formula']}`", _num(c["discretized_val_top1"]),
+                               _num(c["supernet_val_top1"]), c["depth_check"] or "", "yes" if c["selected"] else ""]))
+    return lines
+
+
 def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.DataFrame,
-                     searches: pd.DataFrame) -> str:
+                     searches: pd.DataFrame, selections: Mapping[str, dict] | None = None) -> str:
     network = deepest(networks)
     ordered = by_depth(networks)
     lines = ["# Results", "", INTRO.format(network=network, alpha=ALPHA, tests=f"all {_tests(table)} testable comparisons of the table"
@@ -97,11 +114,23 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                               + [f"{move:+d}" if move else "0"]))
     if len(searches):
         lines += ["", "## Searches", "",
-                  f"Per optimizer and space: how many of its search seeds found a function that retrains on {network} "
-                  f"without a failure and at most {WITHIN_POINTS:g} point below ReLU's mean top-1.", ""]
-        lines += _header(["optimizer", "space", "search seeds", f"within {WITHIN_POINTS:g} point of ReLU",
-                          "best function", f"best vs ReLU ({network})"])
+                  f"Per optimizer and space: its search seeds, how many distinct functions they found and how many "
+                  f"of those the depth check flagged, the range of their discretized validation top-1, and whether "
+                  f"the retrained function trains on {network} without a failure and at most {WITHIN_POINTS:g} "
+                  f"point below ReLU's mean top-1.", ""]
+        lines += _header(["optimizer", "space", "search seeds", "distinct functions", "depth-flagged",
+                          "discretized val top-1 (min-max)", "retrained (search seed)",
+                          f"within {WITHIN_POINTS:g} point of ReLU", f"vs ReLU ({network})"])
         for _, s in searches.iterrows():
-            lines.append(_row([s["optimizer"], s["space"], s["search_seeds"], s["within_1_point_of_relu"],
-                               s["best"], _best_vs_relu(s)]))
+            seed = "" if pd.isna(s["best_search_seed"]) else f" (s{int(s['best_search_seed'])})"
+            lines.append(_row([s["optimizer"], s["space"], s["search_seeds"], _count(s["distinct_functions"]),
+                               _count(s["depth_flagged"]),
+                               f"{_num(s['discretized_val_top1_min'])}-{_num(s['discretized_val_top1_max'])}",
+                               f"{s['best']}{seed}", f"{s['within_1_point_of_relu']}/{s['retrained']}",
+                               _best_vs_relu(s)]))
+    lines += search_seed_lines(selections or {})
     return "\n".join(lines) + "\n"
+
+
+def _count(value) -> str:
+    return "n/a" if pd.isna(value) else str(int(value))

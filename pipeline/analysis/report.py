@@ -2,9 +2,9 @@
 
 Reads results/ only (never MLflow, which also holds runs of earlier parameters). Layout it expects:
 - results/evaluate/<activation>/<network>/seed<k>/metrics.json, history.csv and genotype.json (every expected run);
-- results/discretize/<name>/discretize.json and genotype.json (searched activations, `<optimizer>-<space>` or
-  `<optimizer>-<space>-s<search seed>`);
-- results/search/<name>/history.json (searched activations);
+- results/select/<optimizer>-<space>/selection.json, discretize.json and genotype.json (the retrained searched
+  activation of each optimizer x space: the select stage's choice among its search seeds, all of them listed);
+- results/search/<optimizer>-<space>-s<seed>/summary.json and history.json (the chosen seed's search);
 - results/runs/evaluate/<activation>/<network>/seed<k>.json, where present: what differs between equal runs (wall
   times, the MLflow model URI), kept beside the DVC outputs so that those are the same for the same inputs.
 Writes results.csv (every number, pipeline.analysis.table), results.md (the ranked table with verdicts, the rank
@@ -84,7 +84,8 @@ def _finite(value, digits: int | None = None):
 def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.DataFrame) -> dict:
     """The DVC metric, headline numbers only (results.csv has the rest), so that `dvc exp show` fits a screen:
     the ranking network, per activation its mean top-1 there, difference to ReLU, Holm-corrected p, verdict and
-    failures over all networks; per optimizer x space how many search seeds came within 1 point of ReLU."""
+    failures over all networks; per optimizer x space its search seeds, distinct functions, depth-check flags and
+    how many retrained functions came within 1 point of ReLU."""
     network = deepest(networks)
     activations = {}
     for _, row in table.iterrows():
@@ -98,7 +99,8 @@ def summary_metrics(table: pd.DataFrame, networks: Sequence[str], searches: pd.D
     summary = {"network": network, "activations": activations}
     if len(searches):
         summary["searches"] = {f"{s['optimizer']}-{s['space']}": {
-            "search_seeds": int(s["search_seeds"]), "within_1_point_of_relu": int(s["within_1_point_of_relu"])}
+            "search_seeds": int(s["search_seeds"]), "distinct_functions": _finite(s["distinct_functions"]),
+            "depth_flagged": _finite(s["depth_flagged"]), "within_1_point_of_relu": int(s["within_1_point_of_relu"])}
             for _, s in searches.iterrows()}
     return summary
 
@@ -175,12 +177,15 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     """Write results.csv, results.md, summary.json and figures/ into `reports`; return the summary."""
     runs = read_runs(results, list(origins), networks, seeds)
     searched = [name for name, origin in origins.items() if origin == "searched"]
-    discretized = {name: _read_json(results / "discretize" / name / "discretize.json") for name in searched}
+    # A retrained searched activation <optimizer>-<space> is the select stage's choice among the search seeds.
+    selections = {name: _read_json(results / "select" / name / "selection.json") for name in searched}
+    discretized = {name: _read_json(results / "select" / name / "discretize.json") for name in searched}
+    search_dirs = {name: results / "search" / f"{name}-s{selections[name]['search_seed']}" for name in searched}
     for name in searched:  # the search's skipped (non-finite) steps go into the table beside its numbers
-        search = _read_json(results / "search" / name / "summary.json")
+        search = _read_json(search_dirs[name] / "summary.json")
         discretized[name] = {**discretized[name], "search_skipped_steps": search["skipped_steps"],
                              "search_steps": search["steps"]}
-    genotypes = {name: _genotype(results / "discretize" / name / "genotype.json") for name in searched}
+    genotypes = {name: _genotype(results / "select" / name / "genotype.json") for name in searched}
     for name, origin in origins.items():
         if origin != "searched":
             genotypes[name] = _genotype(run_dir(results, name, networks[0], seeds[0]) / "genotype.json")
@@ -192,10 +197,10 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     except ValueError as error:
         raise ReportError(str(error)) from None
     transfer = transfer_table(table, networks, search_network)
-    searches = search_summary(table, networks)
+    searches = search_summary(table, networks, selections)
     reports.mkdir(parents=True, exist_ok=True)
     table.to_csv(reports / "results.csv", index=False)
-    (reports / "results.md").write_text(results_markdown(table, networks, transfer, searches))
+    (reports / "results.md").write_text(results_markdown(table, networks, transfer, searches, selections))
     summary = summary_metrics(table, networks, searches)
     (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -205,7 +210,7 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     plot_training_curves(results, runs, networks, epochs, figures)
     val_top1 = {}
     for name in searched:
-        history = _read_json(results / "search" / name / "history.json")
+        history = _read_json(search_dirs[name] / "history.json")
         plot_search(history, name, figures / "search")
         val_top1[name] = [math.nan if r["val_top1"] is None else r["val_top1"] for r in history]
     if val_top1:

@@ -31,10 +31,11 @@ def by_depth(networks: Sequence[str]) -> list[str]:
     return sorted(networks, key=DEPTHS.__getitem__)
 
 
-def origin_text(name: str, origin: str) -> str:
+def origin_text(name: str, origin: str, search_seed: int | None = None) -> str:
     if origin != "searched":
         return origin
     optimizer, space, seed = searched_name_parts(name)
+    seed = search_seed if seed is None else seed
     return f"{optimizer} + {space}" + ("" if seed is None else f", search seed {seed}")
 
 
@@ -107,7 +108,8 @@ def results_table(runs: list[dict], origins: Mapping[str, str], networks: Sequen
             raise ValueError(f"no evaluation runs of activation {name!r} were found")
         found = discretized.get(name, {})
         optimizer, space, search_seed = searched_name_parts(name) if origin == "searched" else (None, None, None)
-        row = {"activation": name, "origin": origin_text(name, origin),
+        search_seed = found.get("search_seed", search_seed)  # the select stage's choice for <optimizer>-<space>
+        row = {"activation": name, "origin": origin_text(name, origin, search_seed),
                "formula": (formulas or {}).get(name, mine[0]["formula"]), "expanded_formula": mine[0]["formula"],
                "equivalence": found.get("equivalence") or "", "optimizer": optimizer, "space": space,
                "search_seed": search_seed, "supernet_val_top1": found.get("supernet_val_top1", math.nan),
@@ -153,18 +155,33 @@ def transfer_table(table: pd.DataFrame, networks: Sequence[str], search_network:
     return transfer
 
 
-def search_summary(table: pd.DataFrame, networks: Sequence[str]) -> pd.DataFrame:
-    """Per optimizer x space: its search seeds, and how many found a function that retrains (no failure, on the
-    ranking network) within WITHIN_POINTS of ReLU's mean top-1."""
+def search_summary(table: pd.DataFrame, networks: Sequence[str],
+                   selections: Mapping[str, dict] | None = None) -> pd.DataFrame:
+    """Per optimizer x space: its search seeds, how many distinct functions they found and how many the depth check
+    flagged, the spread of their discretized validation top-1 (`selections`: the select stage's selection.json per
+    retrained activation), and how many retrained functions (no failure, on the ranking network) came within
+    WITHIN_POINTS of ReLU's mean top-1, with the best one's difference."""
     ranking = deepest(networks)
     searched = table[table["optimizer"].notna()]
     rows = []
     for (optimizer, space), group in searched.groupby(["optimizer", "space"], sort=False):
         close = (group["failures"] == 0) & (group[f"{ranking}_vs_relu_diff"] >= -WITHIN_POINTS)
         best = group.sort_values("rank").iloc[0]
-        rows.append({"optimizer": optimizer, "space": space, "search_seeds": len(group),
-                     "within_1_point_of_relu": int(close.sum()), "best": best["activation"],
-                     "best_vs_relu": best[f"{ranking}_vs_relu_diff"], "best_failures": int(best["failures"]),
-                     "best_seeds": int(best["seeds"])})
-    return pd.DataFrame(rows, columns=["optimizer", "space", "search_seeds", "within_1_point_of_relu", "best",
-                                       "best_vs_relu", "best_failures", "best_seeds"])
+        spread = (selections or {}).get(best["activation"], {}).get("spread", {})
+        rows.append({"optimizer": optimizer, "space": space,
+                     "search_seeds": spread.get("search_seeds", len(group)),
+                     "distinct_functions": spread.get("distinct_functions", math.nan),
+                     "depth_flagged": spread.get("depth_flagged", math.nan),
+                     "discretized_val_top1_min": _number(spread.get("discretized_val_top1_min")),
+                     "discretized_val_top1_max": _number(spread.get("discretized_val_top1_max")),
+                     "retrained": len(group), "within_1_point_of_relu": int(close.sum()), "best": best["activation"],
+                     "best_search_seed": best["search_seed"], "best_vs_relu": best[f"{ranking}_vs_relu_diff"],
+                     "best_failures": int(best["failures"]), "best_seeds": int(best["seeds"])})
+    return pd.DataFrame(rows, columns=["optimizer", "space", "search_seeds", "distinct_functions", "depth_flagged",
+                                       "discretized_val_top1_min", "discretized_val_top1_max", "retrained",
+                                       "within_1_point_of_relu", "best", "best_search_seed", "best_vs_relu",
+                                       "best_failures", "best_seeds"])
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)

@@ -122,9 +122,14 @@ class SearchParams(SearchSettings):
         return SearchConfig(**values, optimizer=optimizer, space=space, seed=seed, device=device)
 
     def names(self) -> list[str]:
-        """The searched activations, `<optimizer>-<space>-s<seed>`, in params order."""
+        """The searches' found functions, `<optimizer>-<space>-s<seed>`, in params order."""
         return [searched_name(optimizer, space, seed)
                 for optimizer in self.optimizers for space in self.spaces for seed in self.seeds]
+
+    def selected_names(self) -> list[str]:
+        """The retrained searched activations, one per optimizer x space (`<optimizer>-<space>`: the select stage
+        chooses which search seed's function it is)."""
+        return [f"{optimizer}-{space}" for optimizer in self.optimizers for space in self.spaces]
 
 
 def searched_name(optimizer: str, space: str, seed: int) -> str:
@@ -139,6 +144,14 @@ def parse_searched(name: str) -> tuple[str, str, int]:
     if len(parts) != 3 or not re.fullmatch(r"s[0-9]+", parts[2]):
         raise ParamsError(f"{name!r} is not a searched activation name <optimizer>-<space>-s<seed>")
     return parts[0], parts[1], int(parts[2][1:])
+
+
+def parse_selected(name: str) -> tuple[str, str]:
+    """`drnas-complex` (a retrained searched activation: SearchParams.selected_names) -> ("drnas", "complex")."""
+    parts = name.split("-")
+    if len(parts) != 2 or not all(parts):
+        raise ParamsError(f"{name!r} is not a retrained searched activation name <optimizer>-<space>")
+    return parts[0], parts[1]
 
 
 def search_stage_suffix(optimizer: str, space: str, seed: int) -> str:
@@ -210,7 +223,7 @@ class Params(BaseModel):
     def activations(self) -> dict[str, str]:
         """Every evaluated activation name -> its origin: 'baseline', 'searched' or 'custom'."""
         return ({name: "baseline" for name in self.evaluate.baselines}
-                | {name: "searched" for name in self.search.names()}
+                | {name: "searched" for name in self.search.selected_names()}
                 | {name: "custom" for name in self.evaluate.custom})
 
     @model_validator(mode="after")
@@ -231,11 +244,11 @@ class Params(BaseModel):
         if evaluate.betas == "shared" and evaluate.beta_mode != "scalar":
             raise invalid("evaluate.beta_mode", evaluate.beta_mode, "scalar with evaluate.betas: shared (shared "
                           "betas are one number per operator; per-channel betas need evaluate.betas: per_site)")
-        taken = set(evaluate.baselines) | set(search.names()) | set(BASELINES)
+        taken = set(evaluate.baselines) | set(search.names()) | set(search.selected_names()) | set(BASELINES)
         for name in evaluate.custom:
             if name in taken:
-                raise invalid("evaluate.custom", name, "names that differ from the baselines and "
-                                                       "<optimizer>-<space>-s<seed>")
+                raise invalid("evaluate.custom", name, "names that differ from the baselines, <optimizer>-<space> "
+                                                       "and <optimizer>-<space>-s<seed>")
         return self
 
 
