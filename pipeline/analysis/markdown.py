@@ -75,7 +75,8 @@ def search_seed_lines(selections: Mapping[str, dict]) -> list[str]:
     lines = ["", "## Search seeds", "",
              f"Every search seed's function. One per optimizer and space is retrained, chosen before any retraining "
              f"by a fixed rule: {rule}.", ""]
-    lines += _header(["activation", "search seed", "formula", "discretized val top-1", "supernet val top-1",
+    lines += _header(["activation", "search seed", "formula", "discretized val top-1 (BN recalibrated)",
+                      "supernet val top-1",
                       "depth at init", "retrained"])
     for name, selection in selections.items():
         for c in selection["candidates"]:
@@ -119,7 +120,7 @@ def results_markdown(table: pd.DataFrame, networks: Sequence[str], transfer: pd.
                   f"the retrained function trains on {network} without a failure and at most {WITHIN_POINTS:g} "
                   f"point below ReLU's mean top-1.", ""]
         lines += _header(["optimizer", "space", "search seeds", "distinct functions", "depth-flagged",
-                          "discretized val top-1 (min-max)", "retrained (search seed)",
+                          "discretized val top-1, BN recalibrated (min-max)", "retrained (search seed)",
                           f"within {WITHIN_POINTS:g} point of ReLU", f"vs ReLU ({network})"])
         for _, s in searches.iterrows():
             seed = "" if pd.isna(s["best_search_seed"]) else f" (s{int(s['best_search_seed'])})"
