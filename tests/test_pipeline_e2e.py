@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.study.tracking import GROUP_TAG
 from tests.conftest import SHARED_ARCHIVE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +168,15 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     diff = json.loads(dvc(project, "metrics", "diff", "--json"))["reports/summary.json"]
     changed = {key for key, entry in diff.items() if entry.get("diff")}
     assert "activations.relu.top1" in changed, diff
+    # The experiment's MLflow runs nest under their own parent, named by the DVC experiment.
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    ids = [client.get_experiment_by_name(params["study"]["experiment"]).experiment_id]
+    tagged = client.search_runs(ids, filter_string="tags.dvc_exp_name = 'shorter'", max_results=500)
+    [exp_parent] = [run for run in tagged if GROUP_TAG in run.data.tags]
+    children = [run for run in tagged if run.data.tags.get("mlflow.parentRunId") == exp_parent.info.run_id]
+    assert {run.info.run_name for run in children} == evaluate_stages | {"aggregate"} and len(tagged) == len(
+        children) + 1
 
 
 def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: list[tuple]) -> None:
@@ -175,8 +185,12 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     found = client.get_experiment_by_name(experiment)
     assert found is not None, "the runs go to the project's default SQLite store"
-    runs = {run.info.run_name: run for run in client.search_runs([found.experiment_id], max_results=500)}
+    every = client.search_runs([found.experiment_id], max_results=500)
+    [parent] = [run for run in every if GROUP_TAG in run.data.tags]  # one study: one parent run
+    runs = {run.info.run_name: run for run in every if GROUP_TAG not in run.data.tags}
     assert set(runs) == stages - {"download", "select"}  # neither logs to MLflow (the retrainings tag the choice)
+    assert parent.data.tags["dvc_exp_name"] == "workspace"
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent.info.run_id}
     for name, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
@@ -211,7 +225,7 @@ def check_mlflow(project: Path, experiment: str, stages: set[str], search_runs: 
     assert {a.path for a in client.list_artifacts(relu.info.run_id)} >= {"history.csv", "genotype.json",
                                                                           "metrics.json"}
     check_logged_model(project, relu.data.tags["network"], relu.data.tags["seed"])
-    check_registered_best(project, experiment, [f"{o}-{s}-s{seed}" for o, s, seed in search_runs])
+    check_registered_best(project, experiment, list(dict.fromkeys(f"{o}-{s}" for o, s, _ in search_runs)))
 
     aggregate = runs["aggregate"]
     assert {a.path for a in client.list_artifacts(aggregate.info.run_id)} >= {"results.csv", "results.md",

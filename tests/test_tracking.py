@@ -1,6 +1,7 @@
 """MLflow tracking: what a stage logs can be read back, failures are marked, concurrency loses nothing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study.tracking import PARENT_RUN_ENV, StageRun
+from pipeline.study.tracking import (DVC_EXP_BASELINE_ENV, DVC_EXP_NAME_ENV, GROUP_TAG, PARENT_RUN_ENV,
+                                     StageRun)
 from pipeline.study.tracking_store import (TrackingError, check_tracking, default_tracking_uri, resolve_tracking_uri,
                                      workspace_root)
 
@@ -127,6 +129,44 @@ def test_stage_run_logs_tags_params_metrics_and_artifacts(tmp_path, store_uri, m
     assert (downloaded / "out" / "sub" / "note.txt").read_text() == "deep"
     # artifacts sit next to the database, not in ./mlruns of whatever directory the stage ran in
     assert (tmp_path / "mlartifacts" / "study").is_dir() and not (Path.cwd() / "mlruns").exists()
+
+
+def test_the_stage_runs_of_one_study_nest_under_one_parent_named_by_the_dvc_experiment(tmp_path, store_uri,
+                                                                                       monkeypatch):
+    """dvc repro: one parent per git commit and params.yaml; dvc exp run -n NAME: its own parent, tagged NAME."""
+    for name in (PARENT_RUN_ENV, DVC_EXP_NAME_ENV, DVC_EXP_BASELINE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text("evaluate: {epochs: 2}\n")
+
+    def stage(name: str) -> dict:
+        with StageRun(name, experiment="study", tracking_uri=store_uri, project_root=project) as run:
+            pass
+        return client_for(store_uri).get_run(run.run_id).data.tags
+
+    first, second = stage("prepare"), stage("aggregate")
+    assert first["mlflow.parentRunId"] == second["mlflow.parentRunId"]
+    parent = client_for(store_uri).get_run(first["mlflow.parentRunId"])
+    digest = hashlib.md5(b"evaluate: {epochs: 2}\n").hexdigest()
+    assert parent.info.status == "FINISHED" and parent.data.tags["params_md5"] == digest
+    assert parent.data.tags["dvc_exp_name"] == first["dvc_exp_name"] == "workspace"
+    assert parent.info.run_name == f"workspace @ unknown, params {digest[:8]}"  # no git repository here
+
+    (project / "params.yaml").write_text("evaluate: {epochs: 3}\n")  # other params: another study
+    changed = stage("aggregate")
+    monkeypatch.setenv(DVC_EXP_BASELINE_ENV, "abc123")
+    monkeypatch.setenv(DVC_EXP_NAME_ENV, "shorter")
+    experiment = stage("aggregate")
+    monkeypatch.delenv(DVC_EXP_NAME_ENV)
+    unnamed = stage("aggregate")
+    parents = [first["mlflow.parentRunId"], changed["mlflow.parentRunId"], experiment["mlflow.parentRunId"],
+               unnamed["mlflow.parentRunId"]]
+    assert len(set(parents)) == 4
+    assert experiment["dvc_exp_name"] == "shorter" and unnamed["dvc_exp_name"] == "unnamed experiment"
+    assert client_for(store_uri).get_run(parents[2]).data.tags["dvc_exp_name"] == "shorter"
+    monkeypatch.setenv(PARENT_RUN_ENV, parents[0])  # the Ray runner's own parent wins
+    assert stage("aggregate")["mlflow.parentRunId"] == parents[0]
 
 
 def test_exception_marks_run_failed_and_propagates(tmp_path, store_uri):
@@ -263,8 +303,12 @@ def test_concurrent_processes_lose_no_run_and_no_metric(tmp_path):
             proc.kill()
     client = client_for(uri)
     experiment_id = client.get_experiment_by_name("concurrent").experiment_id
-    found = client.search_runs([experiment_id], max_results=1000)
+    every = client.search_runs([experiment_id], max_results=1000)
+    # One study (same directory, no git, no params.yaml): the racing workers made exactly one parent between them.
+    [parent] = [r for r in every if GROUP_TAG in r.data.tags]
+    found = [r for r in every if GROUP_TAG not in r.data.tags]
     assert len(found) == workers * runs and all(r.info.status == "FINISHED" for r in found)
+    assert {r.data.tags["mlflow.parentRunId"] for r in found} == {parent.info.run_id}
     for logged in found:
         w, r = int(logged.data.tags["worker"]), int(logged.data.tags["run_index"])
         for key in range(keys):

@@ -3,10 +3,14 @@
 Each `log_metrics` is one `log_batch`, and every MLflow call is retried while the store is busy; where runs go
 and how concurrent stages share one store is `pipeline.study.tracking_store`'s part.
 
-The parent-run id travels in env ACTSEARCH_PARENT_RUN_ID, never as a DVC dependency (it changes every session).
+Every stage run is a child of one parent run per study: the runs of one `dvc repro` or `dvc exp run` (the same git
+commit, the same params.yaml, the same DVC experiment name) nest under it in the MLflow UI, and the parent carries
+the DVC experiment name (`dvc_exp_name`, also on every child). The Ray runner makes its own parent and passes its
+id in env ACTSEARCH_PARENT_RUN_ID, never as a DVC dependency (it changes every session).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +26,9 @@ from pipeline.study.tracking_store import (ARTIFACT_DIR_NAME, HTTP_ENV_DEFAULTS,
                                      retry_when_busy, sqlite_path, store_init_lock)
 
 PARENT_RUN_ENV = "ACTSEARCH_PARENT_RUN_ID"
+GROUP_TAG = "actsearch.study_group"  # on parent runs only: what identifies the study whose stage runs nest under it
+# DVC sets these for the stages of `dvc exp run` (DVC_EXP_NAME only when the experiment was named with -n).
+DVC_EXP_NAME_ENV, DVC_EXP_BASELINE_ENV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"
 STATUSES = ("ok", "diverged", "failed_to_learn", "failed")
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch (and 1000 metrics)
 _MAX_PARAM_LENGTH = 6000
@@ -51,6 +58,25 @@ def git_state(root: Path) -> tuple[str, bool | None]:
         return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
+
+
+def dvc_experiment_name() -> str:
+    """The DVC experiment a stage runs in: its name under `dvc exp run -n NAME`, "unnamed experiment" under an
+    unnamed `dvc exp run` (DVC names it only after the run), "workspace" under `dvc repro`."""
+    name = os.environ.get(DVC_EXP_NAME_ENV, "").strip()
+    if name:
+        return name
+    return "unnamed experiment" if os.environ.get(DVC_EXP_BASELINE_ENV) else "workspace"
+
+
+def study_group(root: Path, commit: str) -> dict[str, str]:
+    """What the stage runs of one study share: the DVC experiment name, the git commit and params.yaml's MD5."""
+    params = root / "params.yaml"
+    digest = hashlib.md5(params.read_bytes()).hexdigest() if params.is_file() else "none"
+    experiment = dvc_experiment_name()
+    key = hashlib.md5(f"{experiment}|{commit}|{digest}".encode()).hexdigest()  # quote-free for the run filter
+    return {GROUP_TAG: key, "dvc_exp_name": experiment, "git_commit": commit,
+            "params_md5": digest, "mlflow.runName": f"{experiment} @ {commit[:7]}, params {digest[:8]}"}
 
 
 class StageRun:
@@ -83,14 +109,28 @@ class StageRun:
                                 f"{self.experiment!r}: {err}") from err
         commit, dirty = git_state(self._root)
         tags = {"stage": self.stage, "git_commit": commit, "mlflow.source.git.commit": commit,
-                "git_dirty": "unknown" if dirty is None else dirty, **self._tags}
+                "git_dirty": "unknown" if dirty is None else dirty, "dvc_exp_name": dvc_experiment_name(),
+                **self._tags}
         parent = os.environ.get(PARENT_RUN_ENV, "").strip()
-        if parent:
-            tags["mlflow.parentRunId"] = parent
+        tags["mlflow.parentRunId"] = parent or self._study_parent(experiment_id, commit)
         run = retry_when_busy(self._client.create_run, experiment_id, run_name=self.stage, tags=self._clean_tags(tags))
         self.run_id = run.info.run_id
         self.log_params(self._params)
         return self
+
+    def _study_parent(self, experiment_id: str, commit: str) -> str:
+        """The id of this study's parent run (study_group), made by the first stage that needs it. Under the store's
+        lock, so concurrent stages on one SQLite file find one parent, not one each."""
+        group = study_group(self._root, commit)
+        query = f"tags.`{GROUP_TAG}` = '{group[GROUP_TAG]}'"
+        with store_init_lock(self.tracking_uri):
+            found = retry_when_busy(self._client.search_runs, [experiment_id], filter_string=query, max_results=1)
+            if found:
+                return found[0].info.run_id
+            run = retry_when_busy(self._client.create_run, experiment_id, tags=self._clean_tags(group))
+            # Finished at once: it holds no metrics of its own, and the UI nests children under a finished parent.
+            retry_when_busy(self._client.set_terminated, run.info.run_id, status="FINISHED")
+            return run.info.run_id
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
