@@ -4,7 +4,8 @@ Writes reports/results.csv (every number), reports/results.md (ranked table with
 rank transfer across networks, per-search summary), reports/summary.json (the DVC metric: headline numbers only)
 and reports/figures/ (declared as DVC plots): activations.png (searched functions by verdict beside ReLU, Swish
 and GELU), search_vs_retrained.png, rank_transfer.png, training curves per network, supernet validation top-1
-and operator-weight / entropy trajectories of each search. Reads results/, never MLflow (which also holds
+and operator-weight / entropy trajectories of each search, and reports/curves/ (tidy CSV, one curve per file,
+declared as DVC x/y plots). Reads results/, never MLflow (which also holds
 runs of earlier parameters); the MLflow run of this stage receives the table and the figures.
 """
 from __future__ import annotations

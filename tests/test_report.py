@@ -166,6 +166,18 @@ def test_write_report_writes_table_metric_and_figures(results, tmp_path):
     column = header.index("skipped search steps")
     assert (row[column], relu[column]) == ("3/480", "n/a")
     assert "| darts | simple | 2 | 2 | 1 | 58.00-60.00 | darts-simple (s1) | 0/1 | -2.00 |" in markdown
+    # Tidy curves for DVC's x/y plots: one file per line, mean over the seeds that trained normally.
+    curves = reports / "curves"
+    relu = pd.read_csv(curves / "test_top1" / "resnet20" / "relu.csv")
+    assert list(relu.columns) == ["epoch", "test_top1"] and list(relu["epoch"]) == list(range(1, EPOCHS + 1))
+    assert relu["test_top1"].iloc[-1] == pytest.approx(summary["activations"]["relu"]["top1"])
+    ok_relu = [top1 for (a, n, _), (status, top1, _, _) in RUNS.items() if (a, n, status) == ("relu", "resnet20", "ok")]
+    assert relu["test_top1"].iloc[0] == pytest.approx(sum(ok_relu) / len(ok_relu) - 10 * (EPOCHS - 1))
+    loss = pd.read_csv(curves / "train_loss" / "resnet8" / "darts-simple.csv")
+    assert list(loss["train_loss"]) == pytest.approx([2.0 - 0.3 * e for e in range(EPOCHS)])
+    assert not (curves / "test_top1" / "resnet20" / "boom.csv").exists()  # diverged on every seed: no curve
+    search = pd.read_csv(curves / "search_val_top1" / "darts-simple.csv")
+    assert list(search["epoch"]) == [1, 2] and list(search["val_top1"]) == [41.0, 42.0]
     assert "the searched activation" in table.set_index("activation").loc["boom", "equivalence"]  # 1000*x: affine
     figures = reports / "figures"
     expected = ["activations.png", "search_vs_retrained.png", "rank_transfer.png", "search_val_top1.png",

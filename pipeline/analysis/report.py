@@ -9,7 +9,7 @@ Reads results/ only (never MLflow, which also holds runs of earlier parameters).
   times, the MLflow model URI), kept beside the DVC outputs so that those are the same for the same inputs.
 Writes results.csv (every number, pipeline.analysis.table), results.md (the ranked table with verdicts, the rank
 transfer and the per-search summary, pipeline.analysis.markdown), summary.json (headline numbers only, the DVC
-metric) and figures/.
+metric), figures/ and curves/ (tidy CSV for DVC's x/y plots, pipeline.analysis.curves).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from pipeline.analysis.curves import retraining_curves, search_curves
 from pipeline.analysis.equivalence import equivalence_warning
 from pipeline.analysis.known_activations import KNOWN_ACTIVATIONS
 from pipeline.analysis.layout import run_dir, run_record_path
@@ -208,11 +209,13 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     plot_verdict_figures(table, transfer, genotypes, networks, figures)
     epochs = max(r["epochs"] for r in runs)
     plot_training_curves(results, runs, networks, epochs, figures)
-    val_top1 = {}
+    retraining_curves(runs, lambda run: _history(results, run), reports / "curves")
+    val_top1, histories = {}, {}
     for name in searched:
-        history = _read_json(search_dirs[name] / "history.json")
+        history = histories[name] = _read_json(search_dirs[name] / "history.json")
         plot_search(history, name, figures / "search")
         val_top1[name] = [math.nan if r["val_top1"] is None else r["val_top1"] for r in history]
+    search_curves(histories, reports / "curves")
     if val_top1:
         plot_lines(val_top1, figures / "search_val_top1.png", "epoch", "supernet validation top-1 (%)",
                    "supernet validation top-1 per search epoch", x_values=list(range(1, len(history) + 1)))
