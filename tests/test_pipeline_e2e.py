@@ -168,6 +168,12 @@ def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_arc
     diff = json.loads(dvc(project, "metrics", "diff", "--json"))["reports/summary.json"]
     changed = {key for key, entry in diff.items() if entry.get("diff")}
     assert "activations.relu.top1" in changed, diff
+    # dvc plots diff overlays a curve of the committed study and of the experiment (tidy CSV, x/y plots).
+    plots = json.loads(dvc(project, "plots", "diff", "HEAD", "shorter", "--json"))["data"]
+    [relu] = plots[f"reports/curves/train_loss/{networks[0]}/relu.csv"]
+    values = relu["content"]["data"]["values"]
+    assert {row["rev"] for row in values} == {"HEAD", "shorter"}
+    assert sorted(int(row["epoch"]) for row in values if row["rev"] == "shorter") == list(range(1, epochs + 1))
     # The experiment's MLflow runs nest under their own parent, named by the DVC experiment.
     from mlflow import MlflowClient
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
