@@ -28,6 +28,8 @@ import psutil
 import pytest
 import yaml
 
+from pipeline.study.presets import apply_preset
+
 from pipeline.study.cluster_mlflow import ARTIFACT_DIR_NAME
 from tests.conftest import RAY_LOOPBACK_ONLY
 from tests.test_pipeline_e2e import copy_project, edit_params, ran_stages
@@ -53,7 +55,7 @@ def dvc(project: Path, *args: str) -> str:
 
 def ci_project(destination: Path, archive: Path, cache: Path) -> Path:
     project = copy_project(destination)
-    shutil.copy(project / "presets" / "ci.yaml", project / "params.yaml")
+    apply_preset("ci", project / "params.yaml")
 
     def ci_params(params):
         params["data"]["source"] = str(archive)

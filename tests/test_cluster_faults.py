@@ -19,6 +19,8 @@ import psutil
 import pytest
 import yaml
 
+from pipeline.study.presets import preset_params
+
 from tests.conftest import RAY_LOOPBACK_ONLY
 
 pytestmark = pytest.mark.slow
@@ -47,7 +49,7 @@ drop_finished_checkpoint(checkpoint)
 def toy_project(folder: Path, mlflow: bool = False) -> Path:
     project = folder / "project"
     (project / "control").mkdir(parents=True)
-    params = yaml.safe_load((ROOT / "presets" / "ci.yaml").read_text())
+    params = preset_params("ci", ROOT / "params.yaml")
     params["study"]["mlflow"] = mlflow
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     settings = yaml.safe_load((ROOT / "cluster.yaml").read_text())

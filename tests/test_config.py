@@ -10,6 +10,8 @@ import yaml
 from pipeline.study.config import (ParamsError, load_params, parse_params, parse_searched, parse_selected,
                                    search_stage_suffix)
 from pipeline.space.genotype import RELU
+from pipeline.study.params_yaml import load_yaml
+from pipeline.study.presets import load_preset
 from pydantic import BaseModel
 
 from pipeline.study.config import Params
@@ -57,6 +59,12 @@ def _key_tree(node) -> dict:
     return {key: _key_tree(value) for key, value in node.items()} if isinstance(node, dict) else None
 
 
+def _get(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
 def _key_paths(tree: dict, prefix: str = "") -> set[str]:
     """Every key of a params tree as a dotted path (the op_set's own {unary, binary} mapping is a value)."""
     paths = set()
@@ -69,11 +77,15 @@ def _key_paths(tree: dict, prefix: str = "") -> set[str]:
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_every_preset_is_a_complete_valid_params_file(preset):
-    params = load_params(preset, check_paths=False, root=ROOT)  # raises ParamsError on a bad or missing value
+def test_every_preset_is_a_small_overlay_that_gives_a_valid_study(preset):
+    params = load_preset(preset, ROOT / "params.yaml", check_paths=False)  # ParamsError on a bad value
     assert params.search.optimizers and params.evaluate.networks
     committed = _key_paths(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert _key_paths(yaml.safe_load(Path(preset).read_text())) == committed, "a preset lacks or adds a key"
+    overlay = _key_paths(yaml.safe_load(Path(preset).read_text()))
+    assert overlay < committed, "a preset holds only params.yaml keys, and not all of them"
+    base, mine = load_yaml((ROOT / "params.yaml").read_text()), load_yaml(Path(preset).read_text())
+    unchanged = [key for key in overlay if _get(base, key) == _get(mine, key)]
+    assert not unchanged, f"keys a preset sets to the default's value: {unchanged}"
     # one retrained searched function per optimizer x space (the select stage's choice among the search seeds)
     assert len(params.activations()) == (len(params.evaluate.baselines) + len(params.evaluate.custom)
                                          + len(params.search.optimizers) * len(params.search.spaces))
@@ -81,9 +93,9 @@ def test_every_preset_is_a_complete_valid_params_file(preset):
 
 def test_presets_smoke_ci_and_full():
     assert {p.stem for p in PRESETS} >= {"ci", "full", "smoke"}
-    ci = load_params(ROOT / "presets" / "ci.yaml", check_paths=False, root=ROOT)
+    ci = load_preset("ci", ROOT / "params.yaml", check_paths=False)
     assert ci.search.seeds == [0, 1] and ci.search.spaces == ["simple"]  # fast, yet the select stage chooses
-    full = load_params(ROOT / "presets" / "full.yaml", check_paths=False, root=ROOT)
+    full = load_preset("full", ROOT / "params.yaml", check_paths=False)
     assert len(full.search.seeds) == 3 and set(full.evaluate.networks) == {"resnet8", "resnet20", "resnet56"}
     assert (full.search.beta_init, full.search.beta_clamp) == ("grafs", 10.0)
 
@@ -139,7 +151,7 @@ def test_beta_options_of_the_search(raw):
 
 
 def test_the_full_preset_is_the_published_protocol():
-    params = load_params(ROOT / "presets" / "full.yaml", check_paths=False, root=ROOT)
+    params = load_preset("full", ROOT / "params.yaml", check_paths=False)
     assert params.data.train_size is None and params.data.test_size is None
     assert params.search.epochs == 50 and len(params.evaluate.seeds) >= 3 and params.search.network == "resnet20"
     assert (params.data.search_train_size, params.data.search_val_size) == (37500, 12500)  # GRAFS: 75% / 25%
@@ -400,5 +412,6 @@ def test_each_preset_has_its_own_mlflow_experiment_and_registered_model():
     """A GPU protocol run and the CPU default must not mix their runs or versions of one registered model
     (`<experiment>-best-searched`)."""
     files = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
-    names = [yaml.safe_load(f.read_text())["study"]["experiment"] for f in files]
+    names = [load_params(ROOT / "params.yaml", check_paths=False).study.experiment] + [
+        load_preset(f, ROOT / "params.yaml", check_paths=False).study.experiment for f in files[1:]]
     assert len(set(names)) == len(files), dict(zip((f.name for f in files), names))

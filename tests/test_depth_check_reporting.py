@@ -13,6 +13,7 @@ from pipeline.analysis.report import read_runs
 from pipeline.analysis.table import results_table, search_summary, transfer_table
 from pipeline.space.genotype import BASELINES
 from pipeline.study.config import load_params
+from pipeline.study.presets import load_preset
 from stages import discretize, evaluate
 from tests.test_report import NETWORKS, ORIGINS, SEEDS, results  # noqa: F401 - `results` is a fixture
 
@@ -32,7 +33,7 @@ def prepared(count: int = 96) -> dict:
 
 
 def test_the_discretize_stage_checks_every_evaluation_network_with_evaluates_sgd_settings(monkeypatch):
-    params = load_params(ROOT / "presets" / "ci.yaml", check_paths=False)
+    params = load_preset("ci", ROOT / "params.yaml", check_paths=False)
     params.discretize.depth_check = params.discretize.depth_check.model_copy(
         update={"extra_networks": ["resnet20", "resnet8"], "batch_size": 16, "sgd_steps": 4})
     params.evaluate = params.evaluate.model_copy(update={"batch_size": 32, "divergence_loss": 1e-3})
@@ -96,7 +97,7 @@ def test_the_checked_network_gets_evaluates_beta_rule(monkeypatch, train_betas, 
     """Betas as the evaluate stage retrains them: frozen, or trained within the search's bound."""
     from pipeline.space.genotype import Genotype
 
-    params = load_params(ROOT / "presets" / "ci.yaml", check_paths=False)
+    params = load_preset("ci", ROOT / "params.yaml", check_paths=False)
     params.discretize.depth_check = params.discretize.depth_check.model_copy(update={"batch_size": 8, "sgd_steps": 1})
     params.evaluate = params.evaluate.model_copy(update={"batch_size": 8, "train_betas": train_betas})
     params.search = params.search.model_copy(update={"beta_clamp": 2.5})

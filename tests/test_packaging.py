@@ -64,7 +64,7 @@ def test_actsearch_check_names_a_valid_file_and_reports_a_wrong_one_in_one_line(
     assert main(["check", "presets/ci.yaml"]) == 0
     assert capsys.readouterr().out.startswith("presets/ci.yaml is valid: ")
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text((ROOT / "presets" / "ci.yaml").read_text().replace("  epochs:", "  epochz:", 1))
+    wrong.write_text((ROOT / "params.yaml").read_text().replace("  epochs:", "  epochz:", 1))
     assert main(["check", str(wrong)]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: {wrong}: unknown key") and "\n" not in error

@@ -8,6 +8,8 @@ import yaml
 
 from pipeline.study.config import SCHEMA_FILE, TABLE_FILE, ParamsError, json_schema, load_params, params_markdown
 from pipeline.study.params_docs import describe_type, leaf_keys
+from pipeline.study.params_yaml import load_yaml
+from pipeline.study.presets import load_preset, preset_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
@@ -74,7 +76,8 @@ def test_the_loader_refuses_params_yaml_without_each_required_key(key, tmp_path)
 def test_params_yaml_and_the_presets_validate_against_the_committed_schema(path):
     jsonschema = pytest.importorskip("jsonschema")
     committed = json.loads((ROOT / SCHEMA_FILE).read_text())
-    jsonschema.validate(yaml.safe_load(path.read_text()), committed)
+    study = preset_params(path, ROOT / "params.yaml") if path.parent.name == "presets" else load_yaml(path.read_text())
+    jsonschema.validate(study, committed)
 
 
 def test_a_number_written_1e_3_is_a_number_as_dvc_reads_it(tmp_path):
@@ -88,7 +91,7 @@ def test_a_number_written_1e_3_is_a_number_as_dvc_reads_it(tmp_path):
 
 
 def test_an_error_names_the_file_it_is_about(tmp_path, monkeypatch):
-    raw = yaml.safe_load((ROOT / "presets" / "ci.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["search"]["epochs"] = 0
     (tmp_path / "presets").mkdir()
     (tmp_path / "presets" / "mine.yaml").write_text(yaml.safe_dump(raw))
@@ -96,6 +99,12 @@ def test_an_error_names_the_file_it_is_about(tmp_path, monkeypatch):
     with pytest.raises(ParamsError) as caught:
         load_params("presets/mine.yaml", check_paths=False)
     assert str(caught.value).startswith("presets/mine.yaml: search.epochs = 0 is invalid")
+    # A preset overlay's mistake names the preset, not the params.yaml it is applied to.
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "presets" / "short.yaml").write_text("search:\n  epochs: 0\n")
+    with pytest.raises(ParamsError) as caught:
+        load_preset("short", tmp_path / "params.yaml", check_paths=False)
+    assert str(caught.value).startswith("presets/short.yaml: search.epochs = 0 is invalid")
 
 
 @pytest.mark.parametrize("prop, words", [

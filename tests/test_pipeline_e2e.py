@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.study.presets import apply_preset
+
 from pipeline.study.tracking import GROUP_TAG
 from tests.conftest import SHARED_ARCHIVE
 
@@ -74,7 +76,7 @@ def edit_params(project: Path, change) -> None:
 @pytest.mark.slow
 def test_dvc_repro_runs_tracks_and_reruns_only_what_changed(tmp_path, shared_archive):
     project = copy_project(tmp_path / "project")
-    shutil.copy(project / "presets" / "ci.yaml", project / "params.yaml")
+    apply_preset("ci", project / "params.yaml")
     (project / "activations").mkdir()
     (project / "activations" / "exploding.json").write_text(json.dumps(EXPLODING))
 

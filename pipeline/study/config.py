@@ -355,8 +355,8 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True,
     try:
         raw = load_yaml(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: no such file; run from the project root or copy a preset: "
-                          f"cp presets/full.yaml params.yaml") from None
+        raise ParamsError(f"{path}: no such file; run from the project root (`git checkout params.yaml` restores "
+                          f"the default study)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
