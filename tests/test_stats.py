@@ -7,6 +7,7 @@ import sympy
 from scipy import stats as scipy_stats
 
 from pipeline.analysis.report import write_report
+from pipeline.analysis.selection import selection_record
 from pipeline.analysis.stats import Comparison, holm, searched_name_parts, spearman, verdict, verdict_class, welch
 from pipeline.analysis.table import results_table, search_summary, transfer_table
 from pipeline.analysis.verdict_plots import plot_rank_transfer, plot_search_vs_retrained, plot_verdicts
@@ -50,18 +51,23 @@ def write_results(root, top1=TOP1, networks=NETWORKS):
         (folder / "history.csv").write_text("epoch,train_loss,test_top1\n1,2.0,50.0\n2,1.5,"
                                             f"{run['test_top1'] or 'nan'}\n")
         GENOTYPES[run["activation"]].save(folder / "genotype.json")
-    for name, supernet in SUPERNET.items():
-        folder = root / "discretize" / name
+    for name, supernet in SUPERNET.items():  # as the select stage leaves them: here one search seed per name
+        optimizer, space, search_seed = searched_name_parts(name)
+        search_seed = search_seed or 0
+        found = {"formula": GENOTYPES[name].formula(), "equivalence": None, "supernet_val_top1": supernet,
+                 "discretized_val_top1": supernet - 5, "discretization_gap_top1": 5.0, "depth_check": "ok: x2",
+                 "depth_flagged": False}
+        folder = root / "select" / name
         folder.mkdir(parents=True)
-        (folder / "discretize.json").write_text(json.dumps({
-            "formula": GENOTYPES[name].formula(), "equivalence": None, "supernet_val_top1": supernet,
-            "discretized_val_top1": supernet - 5, "discretization_gap_top1": 5.0}))
+        (folder / "selection.json").write_text(json.dumps(selection_record(optimizer, space, {search_seed: found})))
+        (folder / "discretize.json").write_text(json.dumps(found | {"search_seed": search_seed}))
         GENOTYPES[name].save(folder / "genotype.json")
         history = [{"epoch": e, "val_top1": 40.0 + e, "operator_weights": {"b1": {"add": 0.5, "mul": 0.5}},
                     "entropy": {"b1": 1.0}} for e in (1, 2)]
-        (root / "search" / name).mkdir(parents=True)
-        (root / "search" / name / "history.json").write_text(json.dumps(history))
-        (root / "search" / name / "summary.json").write_text(json.dumps({"skipped_steps": 0, "steps": 100}))
+        search = root / "search" / f"{name}-s{search_seed}"
+        search.mkdir(parents=True)
+        (search / "history.json").write_text(json.dumps(history))
+        (search / "summary.json").write_text(json.dumps({"skipped_steps": 0, "steps": 100}))
     return root
 
 
@@ -180,13 +186,16 @@ def test_report_summary_has_headline_numbers_only_and_readable_formulas(tmp_path
     assert summary["activations"]["gdas-simple"] == {
         "top1": 99.0, "vs_relu": round(99.0 - (92.0 + 92.3 + 92.1) / 3, 3),
         "p_vs_relu": None, "verdict": "failed 1/3", "failures": 1, "seeds": 9, "rank": 5, "skipped_steps": 0}
-    assert summary["searches"] == {"darts-simple": {"search_seeds": 2, "within_1_point_of_relu": 2},
-                                   "gdas-simple": {"search_seeds": 1, "within_1_point_of_relu": 0}}
+    # two functions of darts-simple retrained (each its own single-seed selection), both within 1 point of ReLU
+    assert summary["searches"] == {
+        "darts-simple": {"search_seeds": 1, "distinct_functions": 1, "depth_flagged": 0, "within_1_point_of_relu": 2},
+        "gdas-simple": {"search_seeds": 1, "distinct_functions": 1, "depth_flagged": 0, "within_1_point_of_relu": 0}}
     markdown = (tmp_path / "reports" / "results.md").read_text()
     assert "`gelu(x)*sigmoid(relu(x))`" in markdown and "`elu(x)`" in markdown and "Piecewise" not in markdown
     assert "| gdas-simple | 2 | 2 | 5 | -3 |" in markdown
-    assert "| darts | simple | 2 | 2 | darts-simple-s1 | +3.00 |" in markdown
-    assert "| gdas | simple | 1 | 0 | gdas-simple | failed 1/9 |" in markdown  # not the survivors' +6.87
+    assert "| darts | simple | 1 | 1 | 0 | 65.00-65.00 | darts-simple-s1 (s1) | 2/2 | +3.00 |" in markdown
+    assert "| gdas | simple | 1 | 1 | 0 | 60.00-60.00 | gdas-simple (s0) | 0/1 | failed 1/9 |" in markdown  # not +6.87
+    assert "| gdas-simple | 0 | `elu(x)` | 60.00 | 65.00 | ok: x2 | yes |" in markdown
     for name in ("activations.png", "search_vs_retrained.png", "rank_transfer.png"):
         assert (tmp_path / "reports" / "figures" / name).stat().st_size > 10_000, name
 

@@ -362,11 +362,11 @@ def test_mlflow_server_serves_logged_runs_and_accepts_new_ones(tmp_path, store_u
         print(f"mlflow server healthy after {time.monotonic() - started:.1f} s")
         experiments = _api(base, "experiments/search", {"max_results": 100})["experiments"]
         study_id = next(e["experiment_id"] for e in experiments if e["name"] == "study")
-        runs = _api(base, "runs/search", {"experiment_ids": [study_id]})["runs"]
-        assert [r["info"]["run_id"] for r in runs] == [run.run_id]
-        tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+        runs = {r["info"]["run_id"]: r for r in _api(base, "runs/search", {"experiment_ids": [study_id]})["runs"]}
+        tags = {t["key"]: t["value"] for t in runs[run.run_id]["data"]["tags"]}
+        assert set(runs) == {run.run_id, tags["mlflow.parentRunId"]}  # the stage run and its study's parent run
         assert tags["stage"] == "discretize@darts-simple" and tags["status"] == "ok" and tags["seed"] == "0"
-        assert {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]} == {"gap": 0.5}
+        assert {m["key"]: m["value"] for m in runs[run.run_id]["data"]["metrics"]} == {"gap": 0.5}
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
         with StageRun("evaluate@relu-resnet20-0", experiment="served", tracking_uri=resolve_tracking_uri(

@@ -39,6 +39,7 @@ class ClusterSettings(BaseModel):
     prepare: StageResources
     search: StageResources
     discretize: StageResources
+    select: StageResources
     evaluate: StageResources
     aggregate: StageResources
 
