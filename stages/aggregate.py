@@ -2,11 +2,11 @@
 
 Writes reports/results.csv (every number), reports/results.md (ranked table with verdicts against ReLU and Swish,
 rank transfer across networks, per-search summary), reports/summary.json (the DVC metric: headline numbers only)
-and reports/figures/ (declared as DVC plots): activations.png (searched functions by verdict beside ReLU, Swish
-and GELU), search_vs_retrained.png, rank_transfer.png, training curves per network, supernet validation top-1
-and operator-weight / entropy trajectories of each search, and reports/curves/ (tidy CSV, one curve per file,
-declared as DVC x/y plots). Reads results/, never MLflow (which also holds
-runs of earlier parameters); the MLflow run of this stage receives the table and the figures.
+and reports/figures/ (declared as DVC plots; PNG, PDF or SVG as report.figure_format says): activations (searched
+functions by verdict beside ReLU, Swish and GELU), search_vs_retrained, rank_transfer, training curves per network,
+supernet validation top-1 and operator-weight / entropy trajectories of each search, and reports/curves/ (tidy
+CSV, one curve per file, declared as DVC x/y plots). Reads results/, never MLflow (which also holds runs of earlier
+parameters); the MLflow run of this stage receives the table and the figures.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def main(argv: list[str]) -> None:
     with stage_run(params, STAGE, {}, {"activations": list(origins), "networks": list(networks),
                                        "seeds": list(seeds)}) as mlflow_run:
         try:
-            summary = write_report(RESULTS, REPORTS, origins, networks, seeds, params.search.network)
+            summary = write_report(RESULTS, REPORTS, origins, networks, seeds, params.search.network,
+                                   params.report.figure_format)
         except ReportError as error:
             raise SystemExit(f"error: {error}") from None
         mlflow_run.log_metrics(numbers_only(summary))

@@ -202,9 +202,22 @@ def test_plots_write_png_files(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("kind, magic", [("pdf", b"%PDF-"), ("svg", b"<?xml")])
+def test_vector_figures_are_their_format_and_the_same_bytes_each_time(tmp_path, kind, magic):
+    """report.figure_format: PDF and SVG for papers. Neither may carry the time of writing (matplotlib stamps a
+    creation date into both, and SVG ids come from a random salt), or every rerun changes a DVC output."""
+    functions = {"ReLU": torch.relu, "Swish": F.silu}
+    first = plot_activations(functions, tmp_path / "one" / f"activations.{kind}")
+    second = plot_activations(functions, tmp_path / "two" / f"activations.{kind}")
+    assert first.read_bytes()[:len(magic)] == magic and first.stat().st_size > 1000
+    assert first.read_bytes() == second.read_bytes()
+    if kind == "svg":
+        assert b"<svg" in first.read_bytes()[:2000]
+
+
 def test_plot_arguments_are_checked(tmp_path):
-    with pytest.raises(ValueError, match=".png"):
-        plot_lines({"a": [1.0]}, tmp_path / "curves.pdf", "epoch", "loss", "t")
+    with pytest.raises(ValueError, match="png, pdf, svg"):
+        plot_lines({"a": [1.0]}, tmp_path / "curves.jpg", "epoch", "loss", "t")
     with pytest.raises(ValueError, match="at least one"):
         plot_activations({}, tmp_path / "a.png")
     with pytest.raises(ValueError, match="x_values"):

@@ -31,6 +31,7 @@ import yaml
 from pipeline.study.presets import apply_preset
 
 from pipeline.study.cluster_mlflow import ARTIFACT_DIR_NAME
+from pipeline.study.tracking import GROUP_TAG
 from tests.conftest import RAY_LOOPBACK_ONLY
 from tests.test_pipeline_e2e import copy_project, edit_params, ran_stages
 
@@ -184,7 +185,7 @@ def test_the_runner_reproduces_a_serial_dvc_repro(serial_study, cluster_study, r
         theirs = json.loads(metrics.read_text())
         assert result_of(ours) == result_of(theirs), metrics
 
-    check_mlflow_runs(project, set(stages) - {"download"})  # download fetches a file and logs no run
+    check_mlflow_runs(project, set(stages) - {"download", "select"})  # neither logs a run (retrainings tag the choice)
     again = runner(project, address)
     assert not ran_stages(again) and "up to date" in again, again
 
@@ -196,11 +197,14 @@ def check_mlflow_runs(project: Path, stages: set[str]) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(yaml.safe_load((project / "params.yaml").read_text())
                                                ["study"]["experiment"])
-    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    every = client.search_runs([experiment.experiment_id], max_results=500)
+    [parent] = [run for run in every if GROUP_TAG in run.data.tags]  # one study: one parent run
+    runs = [run for run in every if GROUP_TAG not in run.data.tags]
     assert {run.info.run_name for run in runs} == stages
-    assert all(run.info.status == "FINISHED" for run in runs)
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {parent.info.run_id}
+    assert all(run.info.status == "FINISHED" for run in every)
     # Artifacts went through the server (which is stopped now): URIs only it resolves, files in its destination.
-    assert all(run.info.artifact_uri.startswith("mlflow-artifacts:") for run in runs)
+    assert all(run.info.artifact_uri.startswith("mlflow-artifacts:") for run in every)
     assert any(path.is_file() for path in (project / ARTIFACT_DIR_NAME).rglob("*")), "artifacts go through the server"
 
 

@@ -188,6 +188,14 @@ def test_write_report_writes_table_metric_and_figures(results, tmp_path):
         assert (figures / name).stat().st_size > 1000, name
 
 
+def test_the_report_writes_its_figures_in_the_chosen_format(results, tmp_path):
+    reports = tmp_path / "reports"
+    write_report(results, reports, ORIGINS, NETWORKS, SEEDS, "resnet8", figure_format="svg")
+    written = sorted(path.relative_to(reports / "figures").as_posix() for path in (reports / "figures").rglob("*.*"))
+    assert {name.rpartition(".")[2] for name in written} == {"svg"}
+    assert {"activations.svg", "rank_transfer.svg", "search/darts-simple_entropy.svg"} <= set(written)
+
+
 def test_a_missing_run_is_a_clear_error(results):
     (results / "evaluate" / "relu" / "resnet8" / "seed1" / "metrics.json").unlink()
     with pytest.raises(ReportError, match=r"relu/resnet8/seed1/metrics.json is missing"):

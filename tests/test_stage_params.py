@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pipeline.study.config import load_params
 
@@ -38,7 +39,7 @@ class Recorder:
             return lambda *args, **kwargs: self._record_dump(value(*args, **kwargs), self._prefix)
         if inspect.ismethod(value):  # run the method with this recorder as `self`
             return lambda *args, **kwargs: getattr(type(self._target), name)(self, *args, **kwargs)
-        if dataclasses.is_dataclass(value) or hasattr(value, "model_fields"):
+        if dataclasses.is_dataclass(value) or isinstance(value, BaseModel):
             return Recorder(value, key + ".", self._reads)
         if isinstance(value, dict):
             return RecordingDict(value, key + ".", self._reads)
@@ -126,7 +127,7 @@ def reads_of_stage(script: Path, item: dict) -> set[str]:
                 break
             path.append(part)
             target = value
-            if not (dataclasses.is_dataclass(value) or hasattr(value, "model_fields")):
+            if not (dataclasses.is_dataclass(value) or isinstance(value, BaseModel)):
                 reads.add(".".join(path))
                 break
     return reads

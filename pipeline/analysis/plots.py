@@ -1,4 +1,8 @@
-"""PNG figures for the analysis and report stages: activation shapes, training curves, weight trajectories.
+"""Figures for the analysis and report stages: activation shapes, training curves, weight trajectories.
+
+PNG by default; PDF and SVG (vector, for papers: the report's `report.figure_format`) are written without a
+creation date and with a fixed SVG id salt, so the same data gives the same bytes and a DVC output does not change
+from one run to the next.
 
 Figures are drawn on matplotlib's object API (`Figure` + Agg canvas), never through pyplot, so no display, no
 global backend switch and no figure left open between calls.
@@ -10,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-from matplotlib import cycler
+from matplotlib import cycler, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -25,17 +29,26 @@ LINE_CYCLE = cycler(linestyle=["-", "--", ":", "-."]) * cycler(color=list(OKABE_
 DPI = 150
 
 
-def _png_path(path: str | Path) -> Path:
+FIGURE_FORMATS = ("png", "pdf", "svg")
+# Each format's timestamp entry, left out: matplotlib would otherwise stamp the time of writing into the file.
+_NO_DATE = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def _figure_path(path: str | Path) -> Path:
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"plots are written as PNG: give a path ending in .png, got {str(path)!r}")
+    if path.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+        raise ValueError(f"figures are written as {', '.join(FIGURE_FORMATS)}: give a path ending in one of them, "
+                         f"got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05)  # tight: no label or legend cut off
+    kind = path.suffix.lower().lstrip(".")
+    with rc_context({"svg.hashsalt": "actsearch"}):  # SVG element ids from a fixed salt, not a random one
+        figure.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05,  # tight: no label or legend cut off
+                       format=kind, metadata=_NO_DATE[kind])
     return path
 
 
@@ -78,7 +91,7 @@ def values_and_derivative(f: Activation, x: torch.Tensor) -> tuple[torch.Tensor,
 
 def plot_activations(functions: Mapping[str, Activation], path: str | Path,
                      x_range: tuple[float, float] = (-5.0, 5.0), points: int = 801) -> Path:
-    """Two panels, the functions and their derivatives, one line per named function; returns the PNG path.
+    """Two panels, the functions and their derivatives, one line per named function; returns the figure's path.
 
     Pass the searched function(s) together with references (e.g. {"searched": f, "ReLU": torch.relu,
     "Swish": F.silu}) to show them side by side. Each function gets a 1-D float64 tensor.
@@ -88,7 +101,7 @@ def plot_activations(functions: Mapping[str, Activation], path: str | Path,
     low, high = map(float, x_range)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"x_range must be two finite numbers (low, high) with low < high, got {x_range}")
-    path = _png_path(path)
+    path = _figure_path(path)
     x = torch.linspace(low, high, points, dtype=torch.float64)
     figure = Figure(figsize=(8, 3.6), layout="constrained")
     value_axes, slope_axes = figure.subplots(1, 2)
@@ -114,7 +127,7 @@ def plot_activations(functions: Mapping[str, Activation], path: str | Path,
 
 def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str,
                x_values: Sequence[float] | None = None) -> Path:
-    """One line per named series (training curves, operator-weight trajectories); returns the PNG path.
+    """One line per named series (training curves, operator-weight trajectories); returns the figure's path.
 
     Series are plotted against their index (0, 1, ...) unless `x_values` (shared by all series) is given.
     """
@@ -126,7 +139,7 @@ def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, xlabel: 
     if x_values is not None and any(len(values) != len(x_values) for values in series.values()):
         raise ValueError(f"every series needs len(x_values) = {len(x_values)} values, got "
                          f"{ {name: len(values) for name, values in series.items()} }")
-    path = _png_path(path)
+    path = _figure_path(path)
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.subplots()
     axes.set_prop_cycle(LINE_CYCLE)

@@ -115,7 +115,7 @@ def _history(results: Path, run: dict) -> pd.DataFrame:
 
 
 def plot_training_curves(results: Path, runs: list[dict], networks: Sequence[str], epochs: int,
-                         out_dir: Path) -> list[Path]:
+                         out_dir: Path, suffix: str = ".png") -> list[Path]:
     """Per network: test top-1 and training loss per epoch, mean over seeds, one line per activation."""
     paths = []
     for network in networks:
@@ -125,12 +125,12 @@ def plot_training_curves(results: Path, runs: list[dict], networks: Sequence[str
                 curves = [_history(results, r).set_index("epoch")[column].reindex(range(1, epochs + 1))
                           for r in runs if r["activation"] == activation and r["network"] == network]
                 series[activation] = pd.concat(curves, axis=1).mean(axis=1, skipna=False).tolist()
-            paths.append(plot_lines(series, out_dir / f"training_{column}_{network}.png", "epoch", label,
+            paths.append(plot_lines(series, out_dir / f"training_{column}_{network}{suffix}", "epoch", label,
                                     f"{network}: {label} (mean over seeds)", x_values=list(range(1, epochs + 1))))
     return paths
 
 
-def plot_search(history: list[dict], name: str, out_dir: Path) -> list[Path]:
+def plot_search(history: list[dict], name: str, out_dir: Path, suffix: str = ".png") -> list[Path]:
     """Operator-weight trajectories (one figure per edge) and the entropy of every edge, for one search."""
     epochs = [record["epoch"] for record in history]
     paths = []
@@ -139,25 +139,25 @@ def plot_search(history: list[dict], name: str, out_dir: Path) -> list[Path]:
         peak = {op: max(record["operator_weights"][edge][op] for record in history) for op in ops}
         shown = sorted(ops, key=lambda op: -peak[op])[:MAX_OPS_PLOTTED]
         series = {op: [record["operator_weights"][edge][op] for record in history] for op in shown}
-        paths.append(plot_lines(series, out_dir / f"{name}_weights_{edge}.png", "epoch", "operator weight",
+        paths.append(plot_lines(series, out_dir / f"{name}_weights_{edge}{suffix}", "epoch", "operator weight",
                                 f"{name}: edge {edge} (top {len(shown)} of {len(ops)} operators)", x_values=epochs))
     entropy = {edge: [record["entropy"][edge] for record in history] for edge in history[0]["entropy"]}
-    paths.append(plot_lines(entropy, out_dir / f"{name}_entropy.png", "epoch", "normalized entropy",
+    paths.append(plot_lines(entropy, out_dir / f"{name}_entropy{suffix}", "epoch", "normalized entropy",
                             f"{name}: entropy of the operator weights per edge", x_values=epochs))
     return paths
 
 
 def plot_verdict_figures(table: pd.DataFrame, transfer: pd.DataFrame, genotypes: Mapping[str, Genotype],
-                         networks: Sequence[str], figures: Path) -> list[Path]:
-    """activations.png (searched functions by verdict beside ReLU, Swish, GELU), search_vs_retrained.png (when
-    there are searched functions) and rank_transfer.png."""
+                         networks: Sequence[str], figures: Path, suffix: str = ".png") -> list[Path]:
+    """activations (searched functions by verdict beside ReLU, Swish, GELU), search_vs_retrained (when there are
+    searched functions) and rank_transfer, each a file `suffix` names the format of."""
     network = deepest(networks)
     rows = table.set_index("activation")
     kinds = {name: verdict_class(rows.loc[name, f"{network}_verdict_vs_relu"]) for name in rows.index}
     searched = rows.index[rows["optimizer"].notna()]
     references = {"ReLU": RELU.function(), "Swish": SWISH.function(), "GELU": KNOWN_ACTIVATIONS["gelu"]}
     paths = [plot_verdicts({name: (genotypes[name].function(), kinds[name]) for name in searched}, references,
-                           figures / "activations.png")]
+                           figures / f"activations{suffix}")]
     points = [{"name": name, "kind": kinds[name], "top1": rows.loc[name, f"{network}_top1_mean"]}
               | {signal: rows.loc[name, signal] for signal in SEARCH_SIGNALS} for name in searched]
     correlations = {signal: spearman([p[signal] for p in points], [p["top1"] for p in points])
@@ -165,17 +165,18 @@ def plot_verdict_figures(table: pd.DataFrame, transfer: pd.DataFrame, genotypes:
     if correlations:
         relu_top1 = rows.loc["relu", f"{network}_top1_mean"] if "relu" in rows.index else None
         paths.append(plot_search_vs_retrained(points, network, relu_top1, correlations,
-                                              figures / "search_vs_retrained.png"))
+                                              figures / f"search_vs_retrained{suffix}"))
     ordered = by_depth(networks)
     ranks = {row["activation"]: [int(row[f"rank_{n}"]) for n in ordered] for _, row in transfer.iterrows()}
     styles = {name: "reference" if rows.loc[name, "origin"] == "baseline" else kinds[name] for name in ranks}
-    paths.append(plot_rank_transfer(ranks, styles, ordered, figures / "rank_transfer.png"))
+    paths.append(plot_rank_transfer(ranks, styles, ordered, figures / f"rank_transfer{suffix}"))
     return paths
 
 
 def write_report(results: Path, reports: Path, origins: Mapping[str, str], networks: Sequence[str],
-                 seeds: Sequence[int], search_network: str | None = None) -> dict:
-    """Write results.csv, results.md, summary.json and figures/ into `reports`; return the summary."""
+                 seeds: Sequence[int], search_network: str | None = None, figure_format: str = "png") -> dict:
+    """Write results.csv, results.md, summary.json and figures/ (as `figure_format`: png, pdf or svg) into
+    `reports`; return the summary."""
     runs = read_runs(results, list(origins), networks, seeds)
     searched = [name for name, origin in origins.items() if origin == "searched"]
     # A retrained searched activation <optimizer>-<space> is the select stage's choice among the search seeds.
@@ -205,18 +206,18 @@ def write_report(results: Path, reports: Path, origins: Mapping[str, str], netwo
     summary = summary_metrics(table, networks, searches)
     (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    figures = reports / "figures"
-    plot_verdict_figures(table, transfer, genotypes, networks, figures)
+    figures, suffix = reports / "figures", f".{figure_format}"
+    plot_verdict_figures(table, transfer, genotypes, networks, figures, suffix)
     epochs = max(r["epochs"] for r in runs)
-    plot_training_curves(results, runs, networks, epochs, figures)
+    plot_training_curves(results, runs, networks, epochs, figures, suffix)
     retraining_curves(runs, lambda run: _history(results, run), reports / "curves")
     val_top1, histories = {}, {}
     for name in searched:
         history = histories[name] = _read_json(search_dirs[name] / "history.json")
-        plot_search(history, name, figures / "search")
+        plot_search(history, name, figures / "search", suffix)
         val_top1[name] = [math.nan if r["val_top1"] is None else r["val_top1"] for r in history]
     search_curves(histories, reports / "curves")
     if val_top1:
-        plot_lines(val_top1, figures / "search_val_top1.png", "epoch", "supernet validation top-1 (%)",
+        plot_lines(val_top1, figures / f"search_val_top1{suffix}", "epoch", "supernet validation top-1 (%)",
                    "supernet validation top-1 per search epoch", x_values=list(range(1, len(history) + 1)))
     return summary

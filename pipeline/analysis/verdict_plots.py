@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.analysis.plots import (OKABE_ITO, Activation, _finite_or_nan, _png_path, _save, reference_axes,
+from pipeline.analysis.plots import (OKABE_ITO, Activation, _figure_path, _finite_or_nan, _save, reference_axes,
                                      robust_limits, values_and_derivative)
 
 VERDICT_COLOURS = {"better": OKABE_ITO["bluish green"], "no difference": OKABE_ITO["blue"],
@@ -36,7 +36,7 @@ def plot_verdicts(searched: Mapping[str, tuple[Activation, str]], references: Ma
     unknown = {kind for _, kind in searched.values()} - set(VERDICT_COLOURS)
     if unknown:
         raise ValueError(f"unknown verdict classes {sorted(unknown)}; use one of {sorted(VERDICT_COLOURS)}")
-    path = _png_path(path)
+    path = _figure_path(path)
     x = torch.linspace(*map(float, x_range), points, dtype=torch.float64)
     figure = Figure(figsize=(8, 3.8), layout="constrained")
     value_axes, slope_axes = figure.subplots(1, 2)
@@ -106,7 +106,7 @@ def plot_search_vs_retrained(points: Sequence[dict], network: str, relu_top1: fl
     `correlations`: signal -> (Spearman rho, p, pairs), shown in the panel's title."""
     if not correlations:
         raise ValueError("plot_search_vs_retrained needs at least one search signal, e.g. supernet_val_top1")
-    path = _png_path(path)
+    path = _figure_path(path)
     titles = {"supernet_val_top1": "supernet val top-1 (%)", "discretized_val_top1": "discretized val top-1 (%)"}
     figure = Figure(figsize=(4.2 * len(correlations), 3.8), layout="constrained")
     panels = figure.subplots(1, len(correlations), squeeze=False)[0]
@@ -149,7 +149,7 @@ def plot_rank_transfer(ranks: Mapping[str, Sequence[int]], kinds: Mapping[str, s
     wrong = {name: list(r) for name, r in ranks.items() if len(r) != len(networks)}
     if wrong:
         raise ValueError(f"each function needs one rank per network {list(networks)}, got {wrong}")
-    path = _png_path(path)
+    path = _figure_path(path)
     height = max(2.5, 0.35 * len(ranks) + 1.2)
     figure = Figure(figsize=(2.0 + 1.6 * len(networks), height), layout="constrained")
     axes = figure.subplots()

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from pipeline.analysis.plots import FIGURE_FORMATS
 from pipeline.data.download import CIFAR10_URL, OFFLINE_ENV, is_url
 from pipeline.data.sources import ARCHIVE_SUFFIXES
 from pipeline.search.search_config import OPTIMIZERS, Network, Optimizer, SearchConfig, SearchSettings, Space
@@ -189,6 +190,12 @@ class EvaluateParams(TrainSettings):
         return TrainConfig(**self.model_dump(include=set(TrainSettings.model_fields)), seed=seed, device=device)
 
 
+class ReportParams(BaseModel):
+    model_config = SETTINGS
+    figure_format: Literal[FIGURE_FORMATS] = Field(description="the aggregate stage's figures (reports/figures): "
+                                                               "png | pdf | svg (vector, for papers)")
+
+
 class Params(BaseModel):
     """The whole params.yaml; relative paths in it are relative to the project root (`root`)."""
     model_config = SETTINGS
@@ -198,6 +205,7 @@ class Params(BaseModel):
     search: SearchParams
     discretize: DiscretizeParams
     evaluate: EvaluateParams
+    report: ReportParams
     _root: Path = PrivateAttr(default=Path("."))
 
     @property
