@@ -1,14 +1,17 @@
 """Where a `dvc repro` spends its time, per stage kind: count, mean wall time, of which training, and the rest.
 
 Reads the log of a `dvc repro` (its stdout and stderr in one file) and the run records the stages left under
-results/runs (bench/stage_table.py LOG [--project DIR] [--end UNIX_TIME]):
+results/runs (bench/stage_table.py LOG [LOG ...] [--project DIR] [--end UNIX_TIME]):
 - a stage's wall time runs from the end of the previous stage's output to the end of its own: DVC's lock update,
   the process start, imports and the params check come first, then the stage's work. Its log lines carry
   HH:MM:SS stamps, so times are to the second;
 - training: a retraining's epochs (its run record's `epoch_times_s`: the training steps and the test-set
   evaluation of the epochs that have one), a search's iterations (`iterations_s` summed over its epochs);
 - overhead: the wall time minus that, also as a ratio to it.
-Prints a Markdown table.
+Several logs are the parts of one interrupted `dvc repro` and its resumption, in order: a stage that appears in
+more than one (the one running when the first was stopped, resumed from its checkpoint by the next) counts once,
+with the time of all its parts. The time between a stage's last stamp and the interruption is not in any log and
+is left out. Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -72,12 +75,14 @@ def training_seconds(project: Path, stage: str) -> float | None:
 
 
 def stage_table(spans: list[dict], project: Path) -> list[dict]:
+    stages: dict[str, dict] = {}
+    for span in spans:  # a stage's spans from several logs add up (an interrupted stage and its resumption)
+        times = stages.setdefault(span["stage"], {"wall": 0, "startup": 0})
+        times["wall"] += span["last"] - span["start"]
+        times["startup"] += span["first"] - span["start"]
     kinds: dict[str, list[dict]] = {}
-    for span in spans:
-        wall = span["last"] - span["start"]
-        kinds.setdefault(kind_of(span["stage"]), []).append(
-            {"wall": wall, "startup": span["first"] - span["start"],
-             "training": training_seconds(project, span["stage"])})
+    for stage, times in stages.items():
+        kinds.setdefault(kind_of(stage), []).append(times | {"training": training_seconds(project, stage)})
     rows = []
     for kind, stages in kinds.items():
         trained = [s["training"] for s in stages if s["training"] is not None]
@@ -105,11 +110,13 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log", type=Path)
+    parser.add_argument("logs", type=Path, nargs="+", help="the log of a dvc repro, or of its parts in order")
     parser.add_argument("--project", type=Path, default=Path("."))
     parser.add_argument("--end", type=float, help="unix time the repro ended (the last stage's end)")
     args = parser.parse_args()
-    print(markdown(stage_table(stage_spans(args.log.read_text(), args.end), args.project)))
+    spans = [span for i, log in enumerate(args.logs)
+             for span in stage_spans(log.read_text(), args.end if i == len(args.logs) - 1 else None)]
+    print(markdown(stage_table(spans, args.project)))
 
 
 if __name__ == "__main__":

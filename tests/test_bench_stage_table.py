@@ -53,3 +53,29 @@ def test_the_table_splits_wall_time_into_start_up_training_and_overhead(tmp_path
     assert rows["prepare"]["training_s"] is None and rows["prepare"]["wall_s"] == 8
     table = markdown(list(rows.values()))
     assert "| search | 1 | 1.8 | 107.0 | 7.0 | 80.0 | 0.34 |" in table and table.endswith("| all | 4 | 3.0 | | | | |")
+
+
+RESUMED = """Running stage 'evaluate-searched@darts-simple-resnet8-0':
+WARNING: Process 'dvc repro' (Pid 1), in RWLock-file 'results/evaluate/darts-simple/resnet8/seed0' had been killed.
+01:00:00 stages: stage evaluate-searched@darts-simple-resnet8-0 (params.yaml valid)
+01:00:07 pipeline.training.train: resuming from epoch 1 of 2
+01:00:20 stages: done
+Running stage 'aggregate':
+01:00:25 stages: stage aggregate (params.yaml valid)
+01:00:31 stages: done
+"""
+
+
+def test_a_stage_interrupted_in_one_log_and_resumed_in_the_next_counts_once_with_both_parts(tmp_path):
+    path = tmp_path / "results" / "runs" / "evaluate" / "darts-simple" / "resnet8" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"epoch_times_s": [12.0, 8.0]}))
+    (path.parents[2] / "relu" / "resnet8").mkdir(parents=True)
+    (path.parents[2] / "relu" / "resnet8" / "seed1.json").write_text('{"epoch_times_s": [1.0]}')
+    (tmp_path / "results" / "runs" / "search").mkdir()
+    (tmp_path / "results" / "runs" / "search" / "darts-simple-s0.json").write_text('{"epochs": []}')
+    rows = {row["kind"]: row for row in stage_table(stage_spans(LOG) + stage_spans(RESUMED), tmp_path)}
+    # 30 s in the first log (from the previous stage's end, 00:02:20, to 00:02:50), 20 s in the second.
+    assert rows["evaluate-searched"]["count"] == 1
+    assert rows["evaluate-searched"]["wall_s"] == 30 + 20 and rows["evaluate-searched"]["startup_s"] == 4 + 0
+    assert rows["aggregate"]["wall_s"] == 11
