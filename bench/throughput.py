@@ -72,6 +72,8 @@ def parse_args(argv=None):
                                                            "half of them run after the ReLU reference step)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first one compiles)")
     p.add_argument("--networks", default=None, help="comma-separated (default resnet8,resnet20; quick resnet8)")
+    p.add_argument("--no-schedule", action="store_true",
+                   help="leave out the whole-schedule rows (bench/schedule.py, about 20 minutes on 2 cores)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this process's CPU time, which a loaded machine's time-slicing leaves intact; "
                         "meaningful with --threads 1 on CPU only")
@@ -97,7 +99,7 @@ def main(argv=None) -> list[dict]:
         device = resolve_device(args.device)
     except ValueError as err:
         raise SystemExit(f"throughput.py: error: {err}") from None
-    if len(args.threads) > 1:
+    if len(args.threads) > 1 or wants_schedule(args, device):  # the rows in children, the schedule here
         return run_thread_counts(args, device)
     [args.threads] = args.threads
     torch.set_num_threads(args.threads)
@@ -133,6 +135,12 @@ def main(argv=None) -> list[dict]:
     return records
 
 
+def wants_schedule(args, device) -> bool:
+    """The whole-schedule rows: on CPU, unless --quick or --no-schedule (the per-thread-count children get the
+    latter, so that the schedule runs once, after all of them)."""
+    return not (args.quick or args.no_schedule or device.type != "cpu")
+
+
 def run_thread_counts(args, device) -> list[dict]:
     """Each thread count in a fresh process of this script, one after the other; then the headline table over all."""
     records, started = [], time.time()
@@ -141,12 +149,13 @@ def run_thread_counts(args, device) -> list[dict]:
             out = Path(folder) / f"threads{threads}.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), "--json", str(out),
                        "--device", args.device, "--batch", str(args.batch), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--networks", ",".join(args.networks), "--clock", args.clock]
+                       "--warmup", str(args.warmup), "--networks", ",".join(args.networks), "--clock", args.clock,
+                       "--no-schedule"]
             print(f"--- {threads} thread(s) ---", flush=True)
             subprocess.run(command + (["--quick"] if args.quick else []), check=True)
             records += json.loads(out.read_text())
-    schedule = [] if args.quick or device.type != "cpu" else schedule_records(["simple", "complex"], "drnas",
-                                                                               max(args.threads))
+    schedule = schedule_records(["simple", "complex"], "drnas", max(args.threads)) if wants_schedule(args, device) \
+        else []
     print(f"\n{len(args.threads)} thread counts in {time.time() - started:.0f} s")
     print_headline(records, device, args)
     if schedule:

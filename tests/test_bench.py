@@ -58,3 +58,25 @@ def test_bad_arguments_are_one_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit):
         throughput.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_one_thread_count_also_gets_the_whole_schedule_rows_once(tmp_path, monkeypatch):
+    """With one --threads value the rows ran in this process and the whole-schedule rows were left out (found on
+    2026-12-03). Now the rows run in a child told --no-schedule, and the schedule once, here."""
+    children, schedules = [], []
+
+    def fake_child(command, check):
+        children.append(command)
+        out = Path(command[command.index("--json") + 1])
+        out.write_text(json.dumps([{"network": "resnet8", "variant": "relu", "kind": "train_step", "threads": 1}]))
+
+    monkeypatch.setattr(throughput.subprocess, "run", fake_child)
+    monkeypatch.setattr(throughput, "schedule_records",
+                        lambda spaces, optimizer, threads: schedules.append((spaces, optimizer, threads)) or [])
+    throughput.main(["--threads", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    assert len(children) == 1 and "--no-schedule" in children[0]
+    assert schedules == [(["simple", "complex"], "drnas", 1)]
+    children.clear(), schedules.clear()
+    throughput.main(["--threads", "1", "--device", "cpu", "--no-schedule", "--networks", "resnet8", "--quick"] +
+                    ["--batch", "8", "--steps", "1", "--json", str(tmp_path / "c.json")])
+    assert children == [] and schedules == []  # --no-schedule (or --quick): the rows here, no schedule
