@@ -19,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.analysis.figure_formats import FIGURE_FORMATS
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 # Okabe & Ito (2008): eight colours told apart with every common colour-vision deficiency (yellow left out: it
@@ -29,7 +31,6 @@ LINE_CYCLE = cycler(linestyle=["-", "--", ":", "-."]) * cycler(color=list(OKABE_
 DPI = 150
 
 
-FIGURE_FORMATS = ("png", "pdf", "svg")
 # Each format's timestamp entry, left out: matplotlib would otherwise stamp the time of writing into the file.
 _NO_DATE = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
 

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
-from pipeline.analysis.plots import FIGURE_FORMATS
+from pipeline.analysis.figure_formats import FIGURE_FORMATS
 from pipeline.data.download import CIFAR10_URL, OFFLINE_ENV, is_url
 from pipeline.data.sources import ARCHIVE_SUFFIXES
 from pipeline.search.search_config import OPTIMIZERS, Network, Optimizer, SearchConfig, SearchSettings, Space
