@@ -1,6 +1,6 @@
 """Does the short retraining budget rank activations as a long one does? (issue: "the short budget")
 
-    python bench/budget_ranking.py [--network resnet8] [--seeds 0,1] [--long-train-size 50000]
+    python bench/budget_ranking.py [--set partial-run] [--network resnet8] [--seeds 0,1] [--long-train-size 50000]
                                    [--long-epochs 4] [--out reports/budget_ranking] [--workers 2] [--report-only]
 
 Every activation below is retrained from scratch twice per seed, under the study's one retraining rule
@@ -11,9 +11,13 @@ Both evaluate the full test set. The report ranks the activations by mean top-1 
 Spearman's rho between the two rankings (scipy), over the activations that trained in every run. Finished runs
 are appended to runs.jsonl (a rerun skips them); the table is table.md.
 
-The activations span the range the study meets: ReLU and Swish, the two functions the default study found
-(docs/science.md), and two the legacy operators found, rewritten with GRAFS's sqrt (the worst and a middling one
-of the diagnosis).
+Two sets of activations (`--set`):
+- `partial-run` spans the range the study meets: ReLU and Swish, the two functions the default study's partial
+  run found (docs/science.md), and two the legacy operators found, rewritten with GRAFS's sqrt (the worst and a
+  middling one of the diagnosis);
+- `reference-run`: ReLU, Swish, and the best and the worst searched function of the reference run of the default
+  study on ResNet-20 at the default budget (reports/results.md: darts-simple and gdas-complex), chosen by that rule
+  before any long run.
 """
 from __future__ import annotations
 
@@ -50,13 +54,25 @@ ACTIVATIONS = {
                                            (None,) * 6),
     "max(elu(elu),sqrt)": with_sqrt(FOUND["max(elu(elu),sqrt)"], "grafs"),
     "asinh(max(elu,relu))|sqrt": with_sqrt(FOUND["asinh(max(elu,relu))|sqrt"], "grafs"),
+    # The reference run's best and worst searched function on ResNet-20 (reports/results.md, 2026-12-03).
+    "max(gelu,leaky_relu) (darts-simple)": Genotype("simple", ("gelu", "leaky_relu", "max"), (None,) * 3),
+    "elu*sigmoid(tanh(min(tanh,asinh))) (gdas-complex)": Genotype(
+        "complex", ("tanh", "asinh", "min", "tanh", "elu", "sigmul"), (None,) * 6),
+}
+SETS = {
+    "partial-run": ("relu", "swish", "gelu|sqrt (default study)", "leaky_relu (default study)",
+                    "max(elu(elu),sqrt)", "asinh(max(elu,relu))|sqrt"),
+    "reference-run": ("relu", "swish", "max(gelu,leaky_relu) (darts-simple)",
+                      "elu*sigmoid(tanh(min(tanh,asinh))) (gdas-complex)"),
 }
 BUDGETS = ("short", "long")
 DEFAULT_SOURCE = os.environ.get("ACTSEARCH_CIFAR10") or str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
-def run_id(run: dict) -> str:
-    return f"{run['activation']}_{run['budget']}_s{run['seed']}".replace("|", "+").replace(" ", "")
+def run_id(run: dict, network: str) -> str:
+    """The run's key in runs.jsonl: a rerun skips it. The network is part of it, so one output folder can hold
+    several networks' runs without one standing in for another."""
+    return f"{network}_{run['activation']}_{run['budget']}_s{run['seed']}".replace("|", "+").replace(" ", "")
 
 
 def retrain(genotype: Genotype, network: str, seed: int, budget: str, threads: int, source: str = DEFAULT_SOURCE,
@@ -87,7 +103,12 @@ def retrain(genotype: Genotype, network: str, seed: int, budget: str, threads: i
 def train_one(run: dict, network: str, source: str, long_size: int, long_epochs: int, threads: int) -> dict:
     record = retrain(ACTIVATIONS[run["activation"]], network, run["seed"], run["budget"], threads, source, long_size,
                      long_epochs)
-    return {**run, "id": run_id(run), **record}
+    return {**run, "id": run_id(run, network), **record}
+
+
+def selected(records: list[dict], activations, network: str) -> list[dict]:
+    """The records of this set's activations on this network (an output folder may hold others)."""
+    return [r for r in records if r["activation"] in activations and r.get("network", network) == network]
 
 
 def rankings(records: list[dict]) -> dict:
@@ -109,7 +130,7 @@ def rankings(records: list[dict]) -> dict:
     return {"means": means, "ranks": ranks, "activations": common, "spearman_rho": rho, "spearman_p": p}
 
 
-def markdown(records: list[dict], summary: dict) -> str:
+def markdown(records: list[dict], summary: dict, activations=tuple(ACTIVATIONS)) -> str:
     counts = {}
     for r in records:
         key = (r["activation"], r["budget"])
@@ -117,7 +138,7 @@ def markdown(records: list[dict], summary: dict) -> str:
         counts[key][0] += r["status"] == "ok"
         counts[key][1] += 1
     lines = ["| activation | short top-1 | rank | ok/runs | long top-1 | rank | ok/runs |", "|---|---|---|---|---|---|---|"]
-    for a in ACTIVATIONS:
+    for a in activations:
         cells = []
         for b in BUDGETS:
             mean = summary["means"][b].get(a)
@@ -133,6 +154,7 @@ def markdown(records: list[dict], summary: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", default="partial-run", choices=tuple(SETS), help="which activations (see above)")
     p.add_argument("--network", default="resnet8")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--long-train-size", type=int, default=50_000)
@@ -147,10 +169,11 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
     done = {r["id"] for r in read_records(log)}
+    activations = SETS[args.set]
     # Short runs first (cheap), then the long ones seed by seed: a study stopped early has a full first seed.
     todo = [{"activation": a, "budget": b, "seed": int(s)} for b in BUDGETS for s in args.seeds.split(",")
-            for a in ACTIVATIONS]
-    todo = [r for r in todo if run_id(r) not in done]
+            for a in activations]
+    todo = [r for r in todo if run_id(r, args.network) not in done]
     if not args.report_only and todo:
         with ProcessPoolExecutor(args.workers) as pool:
             futures = [pool.submit(train_one, r, args.network, args.source, args.long_train_size, args.long_epochs,
@@ -160,10 +183,10 @@ def main(argv=None) -> None:
                 append_record(log, record)
                 print(f"{record['id']}: {record['status']} top-1 {record['top1']:.2f} ({record['seconds']:.0f} s)",
                       flush=True)
-    records = read_records(log)
+    records = selected(read_records(log), activations, args.network)
     summary = rankings(records)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "table.md").write_text(markdown(records, summary))
+    (out / "table.md").write_text(markdown(records, summary, activations))
     print((out / "table.md").read_text())
 
 

@@ -1,5 +1,6 @@
 """bench/budget_ranking.py and bench/search_variants.py: the rankings, Spearman's rho, the variants' configs and
 tables, on made-up records (the training runs themselves are train_model's, tested elsewhere)."""
+import csv
 import sys
 from pathlib import Path
 
@@ -56,3 +57,23 @@ def test_a_function_found_twice_is_retrained_once_and_shown_on_both_rows():
     retrains = [{"formula": "relu(x)", "seed": s, "status": "ok", "top1": t} for s, t in ((1, 51.0), (0, 49.0))]
     text = search_variants.markdown(searches, retrains)
     assert text.count("| 49.00 / 51.00 | 50.00 |") == 2
+
+
+def test_runs_are_keyed_by_network_and_a_set_reads_only_its_own_records():
+    run = {"activation": "relu", "budget": "long", "seed": 1}
+    assert budget_ranking.run_id(run, "resnet8") != budget_ranking.run_id(run, "resnet20")
+    records = [record("relu", "short", 0, 50.0) | {"network": "resnet20"},
+               record("relu", "short", 0, 40.0) | {"network": "resnet8"},
+               record("max(elu(elu),sqrt)", "short", 0, 30.0) | {"network": "resnet20"}]
+    kept = budget_ranking.selected(records, budget_ranking.SETS["reference-run"], "resnet20")
+    assert [r["top1"] for r in kept] == [50.0]
+
+
+def test_the_reference_run_set_is_the_committed_reports_best_and_worst_searched_function():
+    rows = list(csv.DictReader((ROOT / "reports" / "results.csv").open()))
+    searched = sorted((r for r in rows if r["origin"] != "baseline"), key=lambda r: -float(r["resnet20_top1_mean"]))
+    expected = {searched[0]["formula"], searched[-1]["formula"]}
+    names = budget_ranking.SETS["reference-run"]
+    assert names[:2] == ("relu", "swish")
+    assert {budget_ranking.ACTIVATIONS[n].formula() for n in names[2:]} == expected
+    assert all(n in budget_ranking.ACTIVATIONS for s in budget_ranking.SETS.values() for n in s)
