@@ -108,7 +108,7 @@ def train_one(run: dict, network: str, source: str, long_size: int, long_epochs:
 
 def selected(records: list[dict], activations, network: str) -> list[dict]:
     """The records of this set's activations on this network (an output folder may hold others)."""
-    return [r for r in records if r["activation"] in activations and r.get("network", network) == network]
+    return [r for r in records if r["activation"] in activations and r["network"] == network]
 
 
 def rankings(records: list[dict]) -> dict:
