@@ -106,6 +106,12 @@ def train_one(run: dict, network: str, source: str, long_size: int, long_epochs:
     return {**run, "id": run_id(run, network), **record}
 
 
+def finished(records: list[dict]) -> set[str]:
+    """The ids of the runs a log holds, from each record's own fields rather than its stored id: a log written
+    before ids carried the network (2026-12-04) is still recognised, and a rerun into its folder skips them."""
+    return {run_id(r, r["network"]) for r in records}
+
+
 def selected(records: list[dict], activations, network: str) -> list[dict]:
     """The records of this set's activations on this network (an output folder may hold others)."""
     return [r for r in records if r["activation"] in activations and r["network"] == network]
@@ -168,7 +174,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = {r["id"] for r in read_records(log)}
+    done = finished(read_records(log))
     activations = SETS[args.set]
     # Short runs first (cheap), then the long ones seed by seed: a study stopped early has a full first seed.
     todo = [{"activation": a, "budget": b, "seed": int(s)} for b in BUDGETS for s in args.seeds.split(",")

@@ -69,6 +69,14 @@ def test_runs_are_keyed_by_network_and_a_set_reads_only_its_own_records():
     assert [r["top1"] for r in kept] == [50.0]
 
 
+def test_a_log_written_before_ids_carried_the_network_is_still_recognised():
+    old = {"activation": "relu", "budget": "short", "seed": 0, "network": "resnet8", "id": "relu_short_s0"}
+    new = {"activation": "swish", "budget": "long", "seed": 1, "network": "resnet20"}
+    new["id"] = budget_ranking.run_id(new, "resnet20")
+    assert budget_ranking.finished([old, new]) == {budget_ranking.run_id(old, "resnet8"), new["id"]}
+    assert budget_ranking.run_id(old, "resnet8") != old["id"]
+
+
 def test_the_reference_run_set_is_the_committed_reports_best_and_worst_searched_function():
     rows = list(csv.DictReader((ROOT / "reports" / "results.csv").open()))
     searched = sorted((r for r in rows if r["origin"] != "baseline"), key=lambda r: -float(r["resnet20_top1_mean"]))
