@@ -173,6 +173,18 @@ def append_record(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _median_or_none(values: list) -> float | None:
+    """The median of the values that were recorded (an imported record may lack one); None if none was."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def merged(records: list[dict], earlier: list[dict]) -> list[dict]:
+    """This log's records plus an earlier run's (`--also`) for the runs this log lacks: a run made here wins."""
+    ids = {r["id"] for r in records}
+    return records + [r for r in earlier if r["id"] not in ids]
+
+
 def cell_rows(records: list[dict]) -> list[dict]:
     """One row per (function, sqrt, clip, betas): mean top-1 over the seeds that trained, failures counted."""
     groups: dict[tuple, list[dict]] = {}
@@ -186,7 +198,7 @@ def cell_rows(records: list[dict]) -> list[dict]:
                      "top1_mean": statistics.mean(ok) if ok else None,
                      "top1_sd": statistics.stdev(ok) if len(ok) > 1 else None,
                      "grad_norm_max": max(r["grad_norm_max"] or 0 for r in runs),
-                     "grad_norm_median": statistics.median(r["grad_norm_median"] or 0 for r in runs)})
+                     "grad_norm_median": _median_or_none([r.get("grad_norm_median") for r in runs])})
     return rows
 
 
@@ -312,6 +324,8 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2, help="runs in parallel")
     p.add_argument("--only", default="", help="comma-separated functions to run (default: all)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--also", default="", help="an earlier run's runs.jsonl whose records fill the tables' missing "
+                                              "runs (runs made here win); not trained again here only if --report-only")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +347,7 @@ def main(argv=None) -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             run_all(todo, records, lambda r: pool.submit(train_one, r, args.network, args.source, out, args.threads),
                     finish, args.workers)
-    everything = read_records(log)
+    everything = merged(read_records(log), read_records(Path(args.also)) if args.also else [])
     (out / "table.md").write_text(markdown(cell_rows(everything), vs_relu(everything)))
     (out / "effects.md").write_text(effects_markdown(factor_effects(everything)))
     print((out / "table.md").read_text())
