@@ -21,6 +21,7 @@ bit (tests/test_diagnosis.py trains both ways and compares). Its record is the t
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import statistics
@@ -185,6 +186,12 @@ def merged(records: list[dict], earlier: list[dict]) -> list[dict]:
     return records + [r for r in earlier if r["id"] not in ids]
 
 
+def _failures(runs: list[dict]) -> str:
+    """The runs that did not train, by status ("1 diverged, 1 failed_to_learn"); "-" when all trained."""
+    counts = collections.Counter(r["status"] for r in runs if r["status"] != "ok")
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "-"
+
+
 def cell_rows(records: list[dict]) -> list[dict]:
     """One row per (function, sqrt, clip, betas): mean top-1 over the seeds that trained, failures counted."""
     groups: dict[tuple, list[dict]] = {}
@@ -194,7 +201,7 @@ def cell_rows(records: list[dict]) -> list[dict]:
     for (function, sqrt, clip, betas), runs in sorted(groups.items()):
         ok = [r["top1"] for r in runs if r["status"] == "ok"]
         rows.append({"function": function, "sqrt": sqrt, "clip": clip, "betas": betas, "seeds": len(runs),
-                     "ok": len(ok), "diverged": sum(r["status"] == "diverged" for r in runs),
+                     "ok": len(ok), "failed": _failures(runs),
                      "top1_mean": statistics.mean(ok) if ok else None,
                      "top1_sd": statistics.stdev(ok) if len(ok) > 1 else None,
                      "grad_norm_max": max(r["grad_norm_max"] or 0 for r in runs),
@@ -276,14 +283,14 @@ def effects_markdown(rows: list[dict]) -> str:
 
 def markdown(rows: list[dict], paired: dict[tuple, dict] | None = None) -> str:
     paired = paired or {}
-    lines = ["| function | sqrt | clip | betas | ok/seeds | diverged | top-1 mean | sd | vs ReLU, paired (p) "
+    lines = ["| function | sqrt | clip | betas | ok/seeds | failed | top-1 mean | sd | vs ReLU, paired (p) "
              "| median |g| | max |g| |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pair = paired.get((r["function"], r["sqrt"], r["clip"], r["betas"]))
         versus = "-" if pair is None else f"{_num(pair['diff'], '+.2f')} ({_num(pair['p'], '.2g')})"
         lines.append(f"| {r['function']} | {r['sqrt']} | {r['clip']} | {r['betas']} | {r['ok']}/{r['seeds']} | "
-                     f"{r['diverged']} | {_num(r['top1_mean'], '.2f')} | {_num(r['top1_sd'], '.2f')} | {versus} | "
+                     f"{r['failed']} | {_num(r['top1_mean'], '.2f')} | {_num(r['top1_sd'], '.2f')} | {versus} | "
                      f"{_num(r['grad_norm_median'], '.3g')} | {_num(r['grad_norm_max'], '.3g')} |")
     return "\n".join(lines) + "\n"
 

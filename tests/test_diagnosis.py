@@ -118,8 +118,10 @@ def test_paired_difference_from_relu_and_factor_effects_by_hand():
     clip = effects["clip: none -> 5", "f"]
     assert (clip["pairs"], clip["failed"], clip["diff"]) == (1, 1, pytest.approx(45.0 + 1.0 - 47.0))
     assert effects["clip: none -> 5", "all"]["pairs"] == 4  # f's pair plus ReLU's three (difference 0)
+    records.append(rec("f", "ramp", "none", "frozen", 1, 13.6, status="failed_to_learn"))
     table = diagnosis.markdown(diagnosis.cell_rows(records), paired)
-    assert "| f | grafs | 5 | frozen | 3/3 | 0 | 48.00 | 1.73 | -3.00 (0.035) |" in table  # sd of 46, 49, 49
+    assert "| f | ramp | none | frozen | 0/2 | 1 diverged, 1 failed_to_learn | - |" in table
+    assert "| f | grafs | 5 | frozen | 3/3 | - | 48.00 | 1.73 | -3.00 (0.035) |" in table  # sd of 46, 49, 49
 
 
 def test_an_earlier_runs_records_fill_only_the_runs_this_log_lacks():
