@@ -272,11 +272,16 @@ def _num(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
+def _cell(text: str) -> str:
+    """A function name as a markdown table cell: its '|' (relu|sqrt) escaped, or it would split the row."""
+    return text.replace("|", "\\|")
+
+
 def effects_markdown(rows: list[dict]) -> str:
     lines = ["| factor | function | pairs | pairs with a failed run | mean difference (points) | sd | p |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['factor']} | {r['function']} | {r['pairs']} | {r['failed']} | {_num(r['diff'], '+.2f')} "
+        lines.append(f"| {r['factor']} | {_cell(r['function'])} | {r['pairs']} | {r['failed']} | {_num(r['diff'], '+.2f')} "
                      f"| {_num(r['sd'], '.2f')} | {_num(r['p'], '.3g')} |")
     return "\n".join(lines) + "\n"
 
@@ -284,12 +289,12 @@ def effects_markdown(rows: list[dict]) -> str:
 def markdown(rows: list[dict], paired: dict[tuple, dict] | None = None) -> str:
     paired = paired or {}
     lines = ["| function | sqrt | clip | betas | ok/seeds | failed | top-1 mean | sd | vs ReLU, paired (p) "
-             "| median |g| | max |g| |",
+             "| median \\|g\\| | max \\|g\\| |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pair = paired.get((r["function"], r["sqrt"], r["clip"], r["betas"]))
         versus = "-" if pair is None else f"{_num(pair['diff'], '+.2f')} ({_num(pair['p'], '.2g')})"
-        lines.append(f"| {r['function']} | {r['sqrt']} | {r['clip']} | {r['betas']} | {r['ok']}/{r['seeds']} | "
+        lines.append(f"| {_cell(r['function'])} | {r['sqrt']} | {r['clip']} | {r['betas']} | {r['ok']}/{r['seeds']} | "
                      f"{r['failed']} | {_num(r['top1_mean'], '.2f')} | {_num(r['top1_sd'], '.2f')} | {versus} | "
                      f"{_num(r['grad_norm_median'], '.3g')} | {_num(r['grad_norm_max'], '.3g')} |")
     return "\n".join(lines) + "\n"

@@ -120,6 +120,7 @@ def test_paired_difference_from_relu_and_factor_effects_by_hand():
     assert effects["clip: none -> 5", "all"]["pairs"] == 4  # f's pair plus ReLU's three (difference 0)
     records.append(rec("f", "ramp", "none", "frozen", 1, 13.6, status="failed_to_learn"))
     table = diagnosis.markdown(diagnosis.cell_rows(records), paired)
+    assert "| relu\\|sqrt |" in diagnosis.markdown(diagnosis.cell_rows([rec("relu|sqrt", "-", "5", "-", 0, 1.0)]))
     assert "| f | ramp | none | frozen | 0/2 | 1 diverged, 1 failed_to_learn | - |" in table
     assert "| f | grafs | 5 | frozen | 3/3 | - | 48.00 | 1.73 | -3.00 (0.035) |" in table  # sd of 46, 49, 49
 
