@@ -24,9 +24,9 @@ import argparse
 import collections
 import itertools
 import json
+import math
 import statistics
 import sys
-import math
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -281,8 +281,8 @@ def effects_markdown(rows: list[dict]) -> str:
     lines = ["| factor | function | pairs | pairs with a failed run | mean difference (points) | sd | p |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['factor']} | {_cell(r['function'])} | {r['pairs']} | {r['failed']} | {_num(r['diff'], '+.2f')} "
-                     f"| {_num(r['sd'], '.2f')} | {_num(r['p'], '.3g')} |")
+        lines.append(f"| {r['factor']} | {_cell(r['function'])} | {r['pairs']} | {r['failed']} | "
+                     f"{_num(r['diff'], '+.2f')} | {_num(r['sd'], '.2f')} | {_num(r['p'], '.3g')} |")
     return "\n".join(lines) + "\n"
 
 
