@@ -21,8 +21,8 @@ Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
   kernel of its full candidate set throughout, the mask a runtime input (never recompiled); eager, the remaining
   candidates only.
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
-Compiled kernels are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR), so a second process compiles in a
-fraction of the time. A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
+Compiled kernels are saved whole on disk, under inductor's cache directory (TORCHINDUCTOR_CACHE_DIR): a second
+process loads them in about a second each instead of tracing and compiling them (`pipeline.kernels.saved`). A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
 eagerly from then on.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 
 from pipeline.space.genotype import edges_of, run_cell
 from pipeline.kernels.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, edge_kernel, make_plan
+from pipeline.kernels.saved import SavedKernel
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "compile", "eager", "off")
@@ -129,8 +130,9 @@ def _compiled(kind: str, static: tuple, eager: Callable) -> Callable:
     key = (kind, static)
     if key not in _KERNELS:
         _raise_recompile_limit()
-        # dynamic: one kernel for every batch size and site; the views below leave 2 or 3 symbolic sizes.
-        compiled_fn = torch.compile(eager, dynamic=True, fullgraph=True)
+        # dynamic: one kernel for every batch size and site; the views below leave 2 or 3 symbolic sizes. Saved
+        # whole on disk: a later process loads it without dynamo's tracing (pipeline.kernels.saved).
+        compiled_fn = SavedKernel(kind, static, eager)
 
         def guarded(*tensors):
             try:
