@@ -13,6 +13,7 @@ from pipeline.kernels import fused, fused_ops
 from pipeline.kernels.saved import SavedKernel
 from pipeline.search.cell import Supernet
 from pipeline.search.loop import SearchConfig, run_search
+from pipeline.search.fused_site import EAGER_AT_MOST_PER_EDGE
 from pipeline.search.relax import make_relaxation
 from pipeline.search.shrink import choose_drops, drops_per_epoch, remaining_fraction
 from pipeline.space.ops import BINARY, UNARY
@@ -201,6 +202,24 @@ def test_a_fully_shrunk_cell_runs_eagerly_as_the_discretized_network(monkeypatch
     assert not compiled and not op_kernels and masks is None
 
 
+def test_a_cell_shrunk_to_two_candidates_per_edge_runs_the_remaining_ones_eagerly(monkeypatch):
+    """At EAGER_AT_MOST_PER_EDGE candidates per edge the eager cell is cheaper than the full kernel; one more
+    candidate and the full set runs compiled under its mask."""
+    net = small_supernet("drnas")
+    edges = list(net.cell.candidates)
+    net.cell.drop(sum(len(names) for names in net.cell.candidates.values()) - EAGER_AT_MOST_PER_EDGE * len(edges) - 1)
+    calls = record_kernel_choices(monkeypatch)
+    with fused.using("compile"), net.cell.forward_pass():
+        net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
+        net.cell.drop(1)
+        net.sites()[0](torch.randn(2, 16, 4, 4, dtype=torch.float64))
+    (_, compiled, _, masks), (candidates, compiled_after, op_kernels, masks_after) = calls
+    assert compiled and sum(map(sum, masks)) == EAGER_AT_MOST_PER_EDGE * len(edges) + 1
+    assert candidates == tuple(net.cell.active(e) for e in edges)
+    assert sum(map(len, candidates)) == EAGER_AT_MOST_PER_EDGE * len(edges)
+    assert not compiled_after and not op_kernels and masks_after is None
+
+
 def test_a_shrinking_search_runs_one_candidate_set_under_changing_masks(monkeypatch):
     calls = record_kernel_choices(monkeypatch)
     cfg = SearchConfig(optimizer="darts", space="simple", op_set=OPS, epochs=5, batch_size=16, device="cpu",
@@ -214,8 +233,11 @@ def test_a_shrinking_search_runs_one_candidate_set_under_changing_masks(monkeypa
     assert {(c[0], c[1]) for c in supernet_calls} == {((tuple(OPS["unary"]),) * 2 + (tuple(OPS["binary"]),), True)}
     seen = {c[3] for c in supernet_calls}
     epoch_masks = {tuple(tuple(r["mask"][e].values()) for e in r["mask"]) for r in result.history}
-    shrunk = {m for m in epoch_masks if all(sum(edge) == 1 for edge in m)}
-    assert shrunk and epoch_masks - shrunk <= seen and not shrunk & seen  # the last set: eager, no mask
+    # Sets of at most 2 candidates per edge (6 here: 5, 4 and the last, 3) run eagerly, the larger ones (13, 8)
+    # compiled under their masks.
+    small = {m for m in epoch_masks if sum(map(sum, m)) <= EAGER_AT_MOST_PER_EDGE * 3}
+    assert sorted(sum(map(sum, m)) for m in small) == [3, 4, 5]
+    assert epoch_masks - small <= seen and not small & seen
     assert len(epoch_masks) == len({sum(drops[:e + 1]) for e in range(5)})
 
 

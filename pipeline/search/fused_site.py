@@ -2,8 +2,8 @@
 
 Which candidates the kernel sees is decided here, per call: compiled, the full candidate set with the shrinking
 mask as a runtime input, so that one kernel per space and operator set serves a whole shrinking schedule (and,
-from inductor's disk cache, every later search of the space); eager, only the remaining candidates; GDAS, only
-its sampled operator on each edge.
+saved on disk, every later search of the space), until few candidates remain; eager, only the remaining
+candidates; GDAS, only its sampled operator on each edge.
 """
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import torch
 from pipeline.kernels.fused import EdgeMask, compiles, fused_cell
 from pipeline.space.genotype import edges_of
 
+# Shrunk to this many candidates per edge (on average) or fewer, a compiled search runs the eager cell of the
+# remaining candidates. Measured break-even against the full compiled kernel (bench/shrinking.py, search
+# iteration, 2 threads): about 12 candidates for the complex space's 6 edges, about 7 for the simple space's 3.
+EAGER_AT_MOST_PER_EDGE = 2
+
 
 def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`MixedActivation.forward` on the fused path: the same cell as its `_mixed_edge` on every edge. `site` is
@@ -19,11 +24,12 @@ def supernet_site(site, weights: dict[str, torch.Tensor], x: torch.Tensor) -> to
     cell = site.cell
     hard = cell.relaxation.hard
     # Compiled: the full candidate set with the shrinking mask as a runtime input, so one kernel per space and
-    # operator set serves the whole schedule (and, from inductor's disk cache, every later search of it). Eager:
-    # only the remaining candidates, which is cheaper when nothing is compiled, and once shrinking has left one
-    # operator per edge (then the eager cell is the discretized network, about twice as fast as the full kernel:
-    # docs/benchmarks.md).
-    full = not hard and compiles(x) and not all(len(cell.active(edge)) == 1 for edge in cell.candidates)
+    # operator set serves the whole schedule (and, saved on disk, every later search of it). Eager: only the
+    # remaining candidates, which is cheaper when nothing is compiled, and once shrinking has left at most
+    # EAGER_AT_MOST_PER_EDGE candidates per edge on average: the full kernel computes every candidate, masked or
+    # not, while the eager cell's cost falls with each drop (docs/benchmarks.md).
+    remaining = sum(len(cell.active(edge)) for edge in cell.candidates)
+    full = not hard and compiles(x) and remaining > EAGER_AT_MOST_PER_EDGE * len(cell.candidates)
     candidates, ws, betas, masks = [], [], [], []
     for edge in edges_of(cell.space):
         names, w = cell.active(edge), weights[edge]
