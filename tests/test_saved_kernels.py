@@ -77,6 +77,20 @@ def test_an_unreadable_file_is_reported_and_compiled_again(cache, caplog):
     assert SavedKernel.compiled == compiled + 1
 
 
+def test_a_kernel_aot_compile_cannot_capture_is_compiled_in_the_process_instead(cache, caplog, monkeypatch):
+    def refuse(self, args):
+        raise RuntimeError("not capturable")
+
+    monkeypatch.setattr(SavedKernel, "_compile", refuse)  # what aot_compile raises on a graph it cannot capture
+    kernel = SavedKernel("test", ("swish_plus", "refused"), swish_plus)
+    x = torch.randn(3, 2)
+    with caplog.at_level(logging.WARNING):
+        got = kernel(x, [torch.zeros(()), None])
+    assert "compiling it in this process only" in caplog.text and "not capturable" in caplog.text
+    assert kernel.in_process is not None and not list(cache.glob(f"*{SUFFIX}"))
+    assert torch.allclose(got[0], x * torch.sigmoid(x))
+
+
 def test_the_digest_follows_the_description_and_the_live_code(monkeypatch):
     base = kernel_digest("forward", ("a",))
     assert kernel_digest("forward", ("a",)) == base  # stable

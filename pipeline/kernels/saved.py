@@ -13,8 +13,9 @@ guards reject: another dtype, device or tensor rank) in a file under inductor's 
   kernels call, read from the objects themselves, so an edited or monkeypatched operator gets new files, never the
   old kernel), and torch's version.
 
-A file that does not load (torn, written by another torch or CPU) is reported and compiled again. Deleting the
-folder only costs the next process its compile.
+A file that does not load (torn, written by another torch or CPU) is reported and compiled again; a kernel that
+`aot_compile` cannot capture is reported and compiled by plain torch.compile, unsaved (a failure there falls back
+to eager in `pipeline.kernels.fused`). Deleting the folder only costs the next process its compile.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class SavedKernel:
     loaded = 0
 
     def __init__(self, kind: str, static: tuple, fn: Callable):
-        self.fn = fn
+        self.fn, self.in_process = fn, None  # in_process: plain torch.compile, where aot_compile failed
         self.folder = Path(cache_dir()) / FOLDER
         self.digest = kernel_digest(kind, static)
         self.variants = [v for v in map(self._load, sorted(self.folder.glob(f"{self.digest}-*{SUFFIX}")))
@@ -133,10 +134,18 @@ class SavedKernel:
                     raise
 
     def __call__(self, *args):
+        if self.in_process is not None:
+            return self.in_process(*args)
         for variant in self.variants:
             if variant.guard_check(*args):
                 return variant(*args)
-        variant = self._compile(args)
+        try:
+            variant = self._compile(args)
+        except Exception as err:  # noqa: BLE001 - what aot_compile cannot capture, torch.compile may still compile
+            log.warning("could not compile the kernel ahead of time (%s: %s); compiling it in this process only",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.in_process = torch.compile(self.fn, dynamic=True, fullgraph=True)
+            return self.in_process(*args)
         SavedKernel.compiled += 1
         path = self.folder / f"{self.digest}-{uuid.uuid4().hex[:12]}{SUFFIX}"  # concurrent writers never collide
         try:
