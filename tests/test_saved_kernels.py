@@ -133,9 +133,9 @@ x = torch.randn(64, 16, 4, 4, requires_grad=True)
 with fused.using("compile"), net.cell.forward_pass():
     out = site(x)
     out.square().sum().backward()
+alpha_grad = [a.grad.square().sum().item() for a in net.arch_parameters() if a.grad is not None]
 print(json.dumps({{"compiled": SavedKernel.compiled, "loaded": SavedKernel.loaded, "out": out.sum().item(),
-                  "grad": x.grad.square().sum().item(), "alpha_grad": [a.grad.square().sum().item()
-                                                                     for a in net.arch_parameters() if a.grad is not None]}}))
+                  "grad": x.grad.square().sum().item(), "alpha_grad": alpha_grad}}))
 """
 
 
@@ -154,3 +154,11 @@ def test_a_second_process_loads_the_cells_kernels_instead_of_compiling_them(tmp_
     assert {k: v for k, v in first.items() if k not in ("compiled", "loaded")} == \
         {k: v for k, v in second.items() if k not in ("compiled", "loaded")}
     assert len(first["alpha_grad"]) > 0
+
+
+def test_importing_the_kernels_does_not_import_the_compiler():
+    """torch._dynamo and torch._inductor cost every stage about 1.2 s of start-up; only a compile needs them."""
+    code = "import sys, pipeline.kernels.fused_genotype; print(sorted(m for m in ('torch._dynamo', 'torch._inductor') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from pipeline.kernels import fast_math, fused_kernels, fused_ops
 from pipeline.space import ops
@@ -105,6 +104,10 @@ class SavedKernel:
 
     def __init__(self, kind: str, static: tuple, fn: Callable):
         self.fn, self.in_process = fn, None  # in_process: plain torch.compile, where aot_compile failed
+        # Imported here, not at the top: torch._inductor brings dynamo with it, 1.2 s of start-up that every stage
+        # would pay, also those that never compile (measured with python -X importtime).
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
         self.folder = Path(cache_dir()) / FOLDER
         self.digest = kernel_digest(kind, static)
         self.variants = [v for v in map(self._load, sorted(self.folder.glob(f"{self.digest}-*{SUFFIX}")))
