@@ -158,7 +158,7 @@ def test_a_second_process_loads_the_cells_kernels_instead_of_compiling_them(tmp_
 
 def test_importing_the_kernels_does_not_import_the_compiler():
     """torch._dynamo and torch._inductor cost every stage about 1.2 s of start-up; only a compile needs them."""
-    code = "import sys, pipeline.kernels.fused_genotype; print(sorted(m for m in ('torch._dynamo', 'torch._inductor') " \
-           "if m in sys.modules))"
+    code = ("import sys, pipeline.kernels.fused_genotype; "
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
