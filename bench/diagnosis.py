@@ -174,18 +174,6 @@ def append_record(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _median_or_none(values: list) -> float | None:
-    """The median of the values that were recorded (an imported record may lack one); None if none was."""
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
-def merged(records: list[dict], earlier: list[dict]) -> list[dict]:
-    """This log's records plus an earlier run's (`--also`) for the runs this log lacks: a run made here wins."""
-    ids = {r["id"] for r in records}
-    return records + [r for r in earlier if r["id"] not in ids]
-
-
 def _failures(runs: list[dict]) -> str:
     """The runs that did not train, by status ("1 diverged, 1 failed_to_learn"); "-" when all trained."""
     counts = collections.Counter(r["status"] for r in runs if r["status"] != "ok")
@@ -200,12 +188,13 @@ def cell_rows(records: list[dict]) -> list[dict]:
     rows = []
     for (function, sqrt, clip, betas), runs in sorted(groups.items()):
         ok = [r["top1"] for r in runs if r["status"] == "ok"]
+        medians = [r["grad_norm_median"] for r in runs if r["grad_norm_median"] is not None]  # None: no finite norm
         rows.append({"function": function, "sqrt": sqrt, "clip": clip, "betas": betas, "seeds": len(runs),
                      "ok": len(ok), "failed": _failures(runs),
                      "top1_mean": statistics.mean(ok) if ok else None,
                      "top1_sd": statistics.stdev(ok) if len(ok) > 1 else None,
                      "grad_norm_max": max(r["grad_norm_max"] or 0 for r in runs),
-                     "grad_norm_median": _median_or_none([r.get("grad_norm_median") for r in runs])})
+                     "grad_norm_median": statistics.median(medians) if medians else None})
     return rows
 
 
@@ -336,8 +325,6 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2, help="runs in parallel")
     p.add_argument("--only", default="", help="comma-separated functions to run (default: all)")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--also", default="", help="an earlier run's runs.jsonl whose records fill the tables' missing "
-                                              "runs (runs made here win); not trained again here only if --report-only")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -359,7 +346,7 @@ def main(argv=None) -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             run_all(todo, records, lambda r: pool.submit(train_one, r, args.network, args.source, out, args.threads),
                     finish, args.workers)
-    everything = merged(read_records(log), read_records(Path(args.also)) if args.also else [])
+    everything = list(records.values())  # only runs made here: records of another machine's runs do not mix
     (out / "table.md").write_text(markdown(cell_rows(everything), vs_relu(everything)))
     (out / "effects.md").write_text(effects_markdown(factor_effects(everything)))
     print((out / "table.md").read_text())

@@ -125,9 +125,9 @@ def test_paired_difference_from_relu_and_factor_effects_by_hand():
     assert "| f | grafs | 5 | frozen | 3/3 | - | 48.00 | 1.73 | -3.00 (0.035) |" in table  # sd of 46, 49, 49
 
 
-def test_an_earlier_runs_records_fill_only_the_runs_this_log_lacks():
-    here = [{**rec("relu", "-", "5", "-", 0, 50.0), "id": "a"}]
-    earlier = [{**rec("relu", "-", "5", "-", 0, 49.0), "id": "a"}, {**rec("relu", "-", "5", "-", 1, 52.0), "id": "b"}]
-    earlier[1]["grad_norm_median"] = None  # a transcribed record may lack the median
-    rows = diagnosis.cell_rows(diagnosis.merged(here, earlier))
-    assert (rows[0]["seeds"], rows[0]["top1_mean"], rows[0]["grad_norm_median"]) == (2, 51.0, 1.0)
+def test_a_cell_whose_runs_had_no_finite_gradient_norm_has_no_median():
+    nan_run = {**rec("f", "ramp", "none", "trained", 0, 10.0, status="diverged"), "grad_norm_median": None}
+    rows = diagnosis.cell_rows([nan_run, {**rec("f", "ramp", "none", "trained", 1, 50.0), "grad_norm_median": 3.0},
+                                {**rec("f", "ramp", "none", "trained", 2, 50.0), "grad_norm_median": 5.0}])
+    assert rows[0]["grad_norm_median"] == 4.0  # the median of the recorded ones
+    assert diagnosis.cell_rows([nan_run])[0]["grad_norm_median"] is None
