@@ -22,8 +22,8 @@ Mode, `set_mode` or the environment variable ACTSEARCH_FUSED:
   candidates only.
 - "compile" / "eager": always that. "off": the plain autograd cell (the reference).
 Compiled kernels are saved whole on disk, under inductor's cache directory (TORCHINDUCTOR_CACHE_DIR): a second
-process loads them in about a second each instead of tracing and compiling them (`pipeline.kernels.saved`). A kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs
-eagerly from then on.
+process loads them in about a second each instead of tracing and compiling them (`pipeline.kernels.saved`). A
+kernel that fails to compile (no C++ compiler, no Triton) logs a warning and runs eagerly from then on.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch
 
 from pipeline.space.genotype import edges_of, run_cell
 from pipeline.kernels.fused_kernels import CellSpec, Plan, cell_backward, cell_forward, edge_kernel, make_plan
-from pipeline.kernels.saved import SavedKernel
+from pipeline.kernels.saved import SavedKernel, error_line
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "compile", "eager", "off")
@@ -140,8 +140,7 @@ def _compiled(kind: str, static: tuple, eager: Callable) -> Callable:
                 with torch._dynamo.config.patch(specialize_float=True):
                     return compiled_fn(*tensors)
             except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, the math is the same
-                log.warning("compiling the fused %s kernel failed (%s: %s); running it eagerly", kind,
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                log.warning("compiling the fused %s kernel failed (%s); running it eagerly", kind, error_line(err))
                 _KERNELS[key] = eager
                 return eager(*tensors)
 

@@ -2,7 +2,8 @@
 
 torch.compile's own disk caches (inductor's code, AOTAutograd's graphs) spare a second process the code generation
 and the C++ compiler, not dynamo's tracing of the Python: for the complex cell's 110 candidates that is 6-7 s per
-kernel variant, 25-50 s per search process (docs/benchmarks.md, "A warm process without tracing"). torch's
+kernel variant, 25-50 s per search process (docs/benchmarks.md, "Kernels saved whole, and the eager cell from
+2 candidates per edge"). torch's
 `aot_compile` captures everything a call needs (the traced graph, its guards, inductor's compiled code) as one
 serialisable object. A `SavedKernel` keeps each variant of a kernel (one per set of inputs the earlier variants'
 guards reject: another dtype, device or tensor rank) in a file under inductor's cache directory
@@ -41,6 +42,11 @@ SUFFIX = ".kernel"
 CODE_MODULES = (fused_kernels, fused_ops, fast_math, ops)
 _RESTARTS = 3
 _PLAIN = (bool, int, float, str, bytes, type(None))
+
+
+def error_line(err: BaseException) -> str:
+    """"Type: first line of the message", for a warning that names what failed without its traceback."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def _describe(value, seen: dict, depth: int = 0) -> str:
@@ -119,8 +125,7 @@ class SavedKernel:
             with path.open("rb") as file:
                 variant = torch.compiler.load_compiled_function(file)
         except Exception as err:  # noqa: BLE001 - any unreadable file: compile it again, the result is the same
-            log.warning("could not load the saved kernel %s (%s: %s); compiling it again", path, type(err).__name__,
-                        str(err).splitlines()[0] if str(err) else "")
+            log.warning("could not load the saved kernel %s (%s); compiling it again", path, error_line(err))
             return None
         variant.disable_guard_check()  # checked once, by __call__
         SavedKernel.loaded += 1
@@ -145,8 +150,8 @@ class SavedKernel:
         try:
             variant = self._compile(args)
         except Exception as err:  # noqa: BLE001 - what aot_compile cannot capture, torch.compile may still compile
-            log.warning("could not compile the kernel ahead of time (%s: %s); compiling it in this process only",
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            log.warning("could not compile the kernel ahead of time (%s); compiling it in this process only",
+                        error_line(err))
             self.in_process = torch.compile(self.fn, dynamic=True, fullgraph=True)
             return self.in_process(*args)
         SavedKernel.compiled += 1
@@ -155,8 +160,8 @@ class SavedKernel:
             self.folder.mkdir(parents=True, exist_ok=True)
             variant.save_compiled_function(str(path))
         except Exception as err:  # noqa: BLE001 - a full or read-only disk: the kernel still runs, unsaved
-            log.warning("could not save the compiled kernel to %s (%s: %s); the next process compiles it again",
-                        path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            log.warning("could not save the compiled kernel to %s (%s); the next process compiles it again", path,
+                        error_line(err))
         variant.disable_guard_check()
         self.variants.append(variant)
         return variant(*args)
