@@ -16,8 +16,8 @@ Two sets of activations (`--set`):
   run found (docs/science.md), and two the legacy operators found, rewritten with GRAFS's sqrt (the worst and a
   middling one of the diagnosis);
 - `reference-run`: ReLU, Swish, and the best and the worst searched function of the reference run of the default
-  study on ResNet-20 at the default budget (reports/results.md: darts-simple and gdas-complex), chosen by that rule
-  before any long run.
+  study of 2026-12-03 on ResNet-20 at the default budget (its reports/results.md: darts-simple and
+  gdas-complex), chosen by that rule before any long run.
 """
 from __future__ import annotations
 
