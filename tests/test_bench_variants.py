@@ -85,3 +85,17 @@ def test_the_reference_run_set_is_the_committed_reports_best_and_worst_searched_
     assert names[:2] == ("relu", "swish")
     assert {budget_ranking.ACTIVATIONS[n].formula() for n in names[2:]} == expected
     assert all(n in budget_ranking.ACTIVATIONS for s in budget_ranking.SETS.values() for n in s)
+
+
+def test_the_2026_12_03_set_holds_the_functions_docs_report_its_resnet20_results_for():
+    # The committed reports moved on to a later run; the documented long-budget results keep their own set, whose
+    # formulas must be the ones science.md names in that section (a renamed or edited genotype would break it).
+    text = (ROOT / "docs" / "science.md").read_text()
+    section = text[text.index("### On ResNet-20: the reference run's functions"):]
+    section = section[:section.index("\n## ")]
+    assert "--set reference-run-2026-12-03" in section
+    names = budget_ranking.SETS["reference-run-2026-12-03"]
+    assert names[:2] == ("relu", "swish")
+    formulas = [budget_ranking.ACTIVATIONS[n].formula() for n in names[2:]]
+    assert formulas == ["max(gelu(x), leaky_relu(x))", "elu(x)*sigmoid(tanh(min(tanh(x), asinh(x))))"]
+    assert all(f"`{f}`" in section for f in formulas)
